@@ -1,0 +1,101 @@
+"""The case and member-in-case state machines: named states, named transitions, one place
+that applies a transition."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from .app import App
+from .codenames import new_code_name
+from .store import Case, CaseMember, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    """A case's status, as the status sheet shows it."""
+
+    NEW = "New"  # reported person not named yet
+    ONGOING = "Ongoing"
+    RESOLVED = "Resolved"
+
+
+class Standing(StrEnum):
+    """A member's standing in one case."""
+
+    NOTIFIED = "notified"  # received the report at intake
+    EXCLUDED = "excluded"  # known conflict, `without.`, or the reported person: never told
+    ASKED = "asked"  # conflict check sent, no answer yet
+    CLEARED = "cleared"
+    CONFLICTED = "conflicted"
+    SILENT = "silent"  # did not answer the conflict check in time
+    RECUSED = "recused"
+
+
+# Who receives case mail in each status.
+RECEIVING = {Standing.NOTIFIED, Standing.CLEARED}
+
+CODE_NAME_TRIES = 20
+
+
+def open_case(app: App, session: Session, *, reporter: str | None, report: bytes) -> Case:
+    """Insert a new case with a fresh unique code name (retried on collision)."""
+    for _ in range(CODE_NAME_TRIES):
+        code_name = new_code_name()
+        case = Case(
+            code_name=code_name,
+            status=Status.NEW,
+            reporter_key=app.keys.tag("reporter", app.addresses.reporter_token(code_name)),
+            reporter=app.keys.seal_text(reporter, "cases.reporter") if reporter else None,
+            report=app.keys.seal(report, "cases.report"),
+        )
+        savepoint = session.begin_nested()
+        session.add(case)
+        try:
+            savepoint.commit()
+        except IntegrityError:
+            savepoint.rollback()
+            log.info("code name collision, drawing another")
+            continue
+        return case
+    raise RuntimeError("could not draw an unused code name")
+
+
+def member_tag(app: App, handle: str) -> str:
+    return app.keys.tag("member", handle)
+
+
+def set_standing(app: App, session: Session, case: Case, handle: str, standing: Standing) -> None:
+    """Apply a member-in-case transition (creating the row on first sight)."""
+    assert case.id is not None
+    tag = member_tag(app, handle)
+    row = session.get(CaseMember, (case.id, tag))
+    if row is None:
+        session.add(CaseMember(case_id=case.id, member_tag=tag, state=standing))
+    else:
+        row.state = standing
+        row.updated_at = utcnow()
+        session.add(row)
+
+
+def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:
+    """Each configured member's standing in ``case`` (members never seen are absent)."""
+    rows = {
+        r.member_tag: r.state
+        for r in session.exec(select(CaseMember).where(CaseMember.case_id == case.id))
+    }
+    result: dict[str, Standing] = {}
+    for member in app.settings.members:
+        state = rows.get(member_tag(app, member.handle))
+        if state is not None:
+            result[member.handle] = Standing(state)
+    return result
+
+
+def receiving_members(app: App, session: Session, case: Case) -> list[str]:
+    """Handles of the members who receive case mail now."""
+    return [h for h, s in standings(app, session, case).items() if s in RECEIVING]

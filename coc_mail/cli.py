@@ -1,0 +1,293 @@
+"""The ``coc-mail`` command line: serve, check, dkim, cases, queue, reload."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from . import config as config_mod
+from . import dkim
+from .config import Settings
+from .errors import CocMailError
+
+log = logging.getLogger("coc_mail")
+
+EPILOG = """\
+configuration: --config PATH, else $COC_MAIL_CONFIG, else config/coc-mail.toml.
+Relative paths in the file are relative to the working directory.
+Secrets from the environment: COC_MAIL_KEY (storage key), COC_MAIL_DATABASE (database URL),
+and the variable named by delivery.password_env (relay password).
+"""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return config_mod.load(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import serve
+
+    serve(_settings(args), args.config)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .app import build
+    from .compose import Templates
+
+    problems: list[str] = []
+
+    def ok(what: str) -> None:
+        print(f"ok    {what}")
+
+    settings = _settings(args)
+    ok(
+        f"configuration {settings.source}: {len(settings.members)} members, "
+        f"alias {settings.committee.address}"
+    )
+    templates = Templates(settings.templates.directory)
+    template_problems = templates.check()
+    problems += template_problems
+    if not template_problems:
+        ok(f"templates: {', '.join(templates.names())}")
+    try:
+        app = build(settings, migrate=False)
+        ok(
+            f"storage key, DKIM key ({settings.dkim.private_key}) and database "
+            f"({app.engine.url.render_as_string(hide_password=True)})"
+        )
+        from alembic.config import Config
+        from alembic.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with app.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != head:
+            problems.append(
+                f"database schema is at {current}, newest is {head}: `coc-mail serve` upgrades it"
+            )
+        else:
+            ok(f"database schema at {head}")
+    except CocMailError as exc:
+        problems.append(str(exc))
+    except Exception as exc:  # noqa: BLE001 - report any driver error plainly
+        problems.append(f"database {settings.database_url.split('@')[-1]}: {exc}")
+    problems += _check_relay(settings)
+    if not problems:
+        ok(f"relay {settings.delivery.relay.split('@')[-1]}")
+    for p in problems:
+        print(f"ERROR {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _check_relay(settings: Settings) -> list[str]:
+    delivery = settings.delivery
+    if delivery.is_maildir:
+        path = delivery.maildir_path
+        nearest = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        if not os.access(nearest, os.W_OK):
+            return [f"delivery.relay: {path} is not writable"]
+        return []
+    from urllib.parse import urlsplit
+
+    import aiosmtplib
+
+    parts = urlsplit(delivery.relay)
+
+    async def probe() -> None:
+        client = aiosmtplib.SMTP(
+            hostname=parts.hostname,
+            port=parts.port or (465 if parts.scheme == "smtps" else 25),
+            use_tls=parts.scheme == "smtps",
+            start_tls=True if delivery.require_tls else None,
+            timeout=10,
+        )
+        await client.connect()
+        if delivery.username:
+            await client.login(delivery.username, delivery.password() or "")
+        await client.quit()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001
+        return [f"delivery.relay {parts.hostname}:{parts.port}: not reachable ({exc})"]
+    return []
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    path = Path(args.output or settings.dkim.private_key)
+    if path.exists():
+        print(f"{path} exists; not overwritten. Its DNS record:", file=sys.stderr)
+        pem = dkim.load_key(path)
+    else:
+        pem = dkim.generate_key(path, bits=args.bits)
+        print(f"wrote {path} (keep it secret). Publish this DNS record:", file=sys.stderr)
+    print(dkim.txt_record(pem, settings.dkim.selector, settings.committee.domain))
+    return 0
+
+
+def cmd_dkim_txt(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pem = dkim.load_key(Path(settings.dkim.private_key))
+    print(dkim.txt_record(pem, settings.dkim.selector, settings.committee.domain))
+    return 0
+
+
+def cmd_cases(args: argparse.Namespace) -> int:
+    from .app import build
+    from .store import Case
+
+    app = build(_settings(args))
+    with Session(app.engine) as session:
+        total = session.exec(select(func.count()).select_from(Case)).one()
+        rows = session.exec(
+            select(Case.code_name, Case.status, Case.opened_at)
+            .order_by(col(Case.opened_at).desc(), col(Case.id).desc())
+            .offset((args.page - 1) * args.per_page)
+            .limit(args.per_page)
+        ).all()
+    print(f"{'CODE NAME':<32} {'STATUS':<10} OPENED (UTC)")
+    for code_name, status, opened in rows:
+        print(f"{code_name:<32} {status:<10} {opened:%Y-%m-%d %H:%M}")
+    pages = max(1, -(-int(total) // args.per_page))
+    print(f"-- {total} case(s); page {args.page} of {pages}", file=sys.stderr)
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from .app import build
+    from .delivery import retry_now
+    from .store import Case, Inbound, Outbound, utcnow
+
+    settings = _settings(args)
+    app = build(settings)
+    if args.flush:
+        count = retry_now(app, clear_claims=False)
+        _signal(settings, signal.SIGUSR1, quiet=True)
+        print(f"{count} waiting copies will be retried now")
+        return 0
+    now = utcnow()
+    with Session(app.engine) as session:
+        rows = session.exec(
+            select(Outbound, Case.code_name)
+            .join(Case, col(Case.id) == col(Outbound.case_id), isouter=True)
+            .order_by(col(Outbound.next_attempt_at))
+        ).all()
+        inbound = session.exec(
+            select(func.count()).select_from(Inbound).where(col(Inbound.shunted).is_(False))
+        ).one()
+        shunted = session.exec(
+            select(func.count()).select_from(Inbound).where(col(Inbound.shunted).is_(True))
+        ).one()
+    print(f"{'COPY':<17} {'CASE':<28} {'TRIES':>5} {'AGE':>8} NEXT TRY")
+    for row, code_name in rows:
+        age = int((now - row.created_at).total_seconds())
+        wait = max(0, int((row.next_attempt_at - now).total_seconds()))
+        print(f"{row.uid:<17} {code_name or '-':<28} {row.attempts:>5} {age:>7}s in {wait}s")
+    print(
+        f"-- {len(rows)} copies waiting; {inbound} incoming not yet processed; {shunted} shunted",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _signal(settings: Settings, sig: signal.Signals, *, quiet: bool = False) -> int:
+    pid_file = Path(settings.server.pid_file)
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, sig)
+    except (OSError, ValueError):
+        if not quiet:
+            print(f"no running daemon found (pid file {pid_file})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    settings = _settings(args)  # refuse to signal a daemon with a config that does not load
+    if _signal(settings, signal.SIGHUP):
+        return 1
+    print("reload requested; the daemon logs the outcome")
+    return 0
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help(sys.stderr)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="coc-mail",
+        description="The mail system of a Code of Conduct committee.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", metavar="PATH", help="the TOML configuration file")
+    p.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.set_defaults(func=func)
+        return sp
+
+    add("serve", cmd_serve, "run the daemon (SMTP intake, processing, delivery)")
+    add(
+        "check",
+        cmd_check,
+        "validate configuration, keys, templates, database and relay; non-zero exit on error",
+    )
+    d = add("dkim", lambda a: _usage(d), "DKIM key management")
+    dsub = d.add_subparsers(dest="dkim_command", metavar="ACTION")
+    kg = dsub.add_parser("keygen", help="write a new RSA key and print its DNS TXT record")
+    kg.add_argument("--bits", type=int, default=2048, choices=[1024, 2048, 3072, 4096])
+    kg.add_argument("--output", metavar="PATH", help="key file (default: dkim.private_key)")
+    kg.set_defaults(func=cmd_dkim_keygen)
+    dsub.add_parser("txt", help="print the DNS TXT record of the configured key").set_defaults(
+        func=cmd_dkim_txt
+    )
+    c = add("cases", cmd_cases, "list cases: code name, status, date (no content)")
+    c.add_argument("--page", type=int, default=1)
+    c.add_argument("--per-page", type=int, default=50)
+    q = add("queue", cmd_queue, "list copies waiting for delivery (no content)")
+    q.add_argument("--flush", action="store_true", help="retry every waiting copy now")
+    add("reload", cmd_reload, "make the running daemon re-read its configuration (SIGHUP)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("mail.log", "alembic", "aiosmtplib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CocMailError as exc:
+        print(f"coc-mail: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Building outbound messages: forwarded copies with the original attached, and Jinja mail."""
+
+from __future__ import annotations
+
+import quopri
+import re
+import secrets
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, formataddr
+from typing import Any
+
+from jinja2 import (
+    ChoiceLoader,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateError,
+)
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import TemplateProblem
+from .store import utcnow
+
+TEMPLATE_SUFFIX = ".txt.j2"
+DEFAULT_TEMPLATES = (
+    "acknowledgment",
+    "followup",
+    "resolution",
+    "conflict-check",
+    "onboarding",
+    "reminder",
+)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A header-safe single line: no CR/LF or controls (no header injection), bounded length."""
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()[:limit]
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{secrets.token_hex(12)}@{domain}>"
+
+
+def crlf(data: bytes) -> bytes:
+    """Normalise line endings to CRLF (the wire form DKIM signs)."""
+    return re.sub(rb"\r?\n|\r(?!\n)", b"\r\n", data)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template: its subject line and body."""
+
+    subject: str
+    body: str
+
+
+class Templates:
+    """Jinja in a sandbox with strict undefined variables; files in ``override`` win."""
+
+    def __init__(self, override: str | None = None) -> None:
+        loaders: list[Any] = []
+        if override:
+            loaders.append(FileSystemLoader(override))
+        loaders.append(PackageLoader("coc_mail", "templates"))
+        self.env = SandboxedEnvironment(
+            loader=ChoiceLoader(loaders),
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.override = override
+
+    def names(self) -> list[str]:
+        found = {
+            n.removesuffix(TEMPLATE_SUFFIX)
+            for n in self.env.list_templates()
+            if n.endswith(TEMPLATE_SUFFIX)
+        }
+        return sorted(found)
+
+    def render(self, name: str, **context: Any) -> Rendered:
+        """Render ``<name>.txt.j2``. A first line ``Subject: ...`` becomes the subject."""
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise TemplateProblem(f"{name!r} is not a template name")
+        try:
+            text = self.env.get_template(name + TEMPLATE_SUFFIX).render(**context)
+        except TemplateError as exc:
+            raise TemplateProblem(f"template {name}: {exc}") from None
+        subject = ""
+        first, _, rest = text.partition("\n")
+        if first.lower().startswith("subject:"):
+            subject = one_line(first.split(":", 1)[1])
+            text = rest.lstrip("\n")
+        return Rendered(subject, text)
+
+    def check(self) -> list[str]:
+        """Parse every template; return the problems found (empty when all is well)."""
+        problems = []
+        for name in self.env.list_templates():
+            if name.endswith(TEMPLATE_SUFFIX):
+                try:
+                    self.env.get_template(name)
+                except TemplateError as exc:
+                    problems.append(f"template {name}: {exc}")
+        return problems
+
+
+def _base_headers(
+    msg: EmailMessage,
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str | None,
+    subject: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+) -> None:
+    msg["From"] = formataddr((one_line(from_name, 120), from_addr))
+    msg["To"] = to
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = one_line(subject, 250)
+    msg["Date"] = format_datetime(utcnow())
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = one_line(in_reply_to, 900)
+    if references:
+        msg["References"] = one_line(references, 900)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Loop"] = loop
+
+
+def text_message(
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str | None,
+    subject: str,
+    body: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+) -> bytes:
+    """A plain-text message (UTF-8) as CRLF bytes, ready to sign."""
+    msg = EmailMessage(policy=SMTPUTF8)
+    _base_headers(
+        msg,
+        from_name=from_name,
+        from_addr=from_addr,
+        to=to,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=message_id,
+        loop=loop,
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+    msg.set_content(body)
+    return crlf(msg.as_bytes(policy=SMTP))
+
+
+def forward_message(
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str,
+    subject: str,
+    intro: str,
+    original: bytes,
+    message_id: str,
+    loop: str,
+    auth_results: str | None,
+    in_reply_to: str | None = None,
+) -> bytes:
+    """A copy for one member: a short text part and the original attached byte for byte."""
+    original = crlf(original)
+    boundary = "coc-" + secrets.token_hex(12)
+    while boundary.encode() in original:
+        boundary = "coc-" + secrets.token_hex(12)
+    head = EmailMessage(policy=SMTP)
+    if auth_results:
+        head["Authentication-Results"] = auth_results
+    _base_headers(
+        head,
+        from_name=from_name,
+        from_addr=from_addr,
+        to=to,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=message_id,
+        loop=loop,
+        in_reply_to=in_reply_to,
+    )
+    head["MIME-Version"] = "1.0"
+    head["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
+    eight_bit = any(b > 127 for b in original)
+    part_head = (
+        b"Content-Type: message/rfc822\r\n"
+        b'Content-Disposition: attachment; filename="original.eml"\r\n'
+        + (b"Content-Transfer-Encoding: 8bit\r\n" if eight_bit else b"")
+        + b"\r\n"
+    )
+    text_bytes = (
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + crlf(quopri.encodestring(crlf(intro.encode("utf-8"))))
+    )
+    if not original.endswith(b"\r\n"):
+        original += b"\r\n"
+    b = boundary.encode()
+    body = (
+        b"This is a MIME message: the original report is attached.\r\n"
+        + b"--"
+        + b
+        + b"\r\n"
+        + text_bytes
+        + b"\r\n--"
+        + b
+        + b"\r\n"
+        + part_head
+        + original
+        + b"--"
+        + b
+        + b"--\r\n"
+    )
+    header_bytes = b"".join(SMTP.fold_binary(name, value) for name, value in head.items())
+    return header_bytes + b"\r\n" + body

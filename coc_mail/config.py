@@ -1,0 +1,349 @@
+"""Load the TOML configuration into validated settings; every error names its key and line."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "config/coc-mail.toml"
+ENV_CONFIG = "COC_MAIL_CONFIG"
+ENV_DATABASE = "COC_MAIL_DATABASE"
+
+_ADDRESS = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
+)
+_HANDLE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_address(value: str) -> str:
+    if not _ADDRESS.match(value):
+        raise ValueError(f"{value!r} is not a plain address like name@example.org")
+    return value
+
+
+class Committee(_Section):
+    """``[committee]``: who we are and the public alias."""
+
+    name: str = Field(min_length=1)
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        _check_address(value)
+        local = value.split("@", 1)[0]
+        if "+" in local:
+            raise ValueError(
+                "the alias must not contain '+': coc-mail adds +code-name.token to it itself"
+            )
+        return value.lower()
+
+    @property
+    def local_part(self) -> str:
+        return self.address.split("@", 1)[0]
+
+    @property
+    def domain(self) -> str:
+        return self.address.split("@", 1)[1]
+
+
+Role = Literal["triage", "operator"]
+
+
+def handle_from_name(name: str) -> str:
+    """Default handle: the name's first word, ASCII-folded and lowercased ("Ada X" -> "ada")."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    words = re.findall(r"[a-z0-9]+", folded)
+    return words[0] if words else ""
+
+
+class Member(_Section):
+    """One ``[[members]]`` entry. The handle is the member's stable identity."""
+
+    name: str = Field(min_length=1)
+    email: str
+    handle: str = ""
+    roles: list[Role] = Field(default_factory=list)
+    conflicts: list[str] = Field(default_factory=list)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return _check_address(value).lower()
+
+    @model_validator(mode="after")
+    def _default_handle(self) -> Member:
+        if not self.handle:
+            object.__setattr__(self, "handle", handle_from_name(self.name))
+        if not _HANDLE.match(self.handle):
+            raise ValueError(
+                f"handle {self.handle!r} must be 1-32 lowercase letters, digits or '-' "
+                "(set `handle` explicitly)"
+            )
+        return self
+
+
+class Server(_Section):
+    """``[server]``: the SMTP listener."""
+
+    listen: str = "127.0.0.1:8025"
+    hostname: str = "localhost"
+    max_message_bytes: int = Field(default=26_214_400, gt=1024)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_connections: int = Field(default=200, gt=0)
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    pid_file: str = "var/coc-mail.pid"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} must be host:port, e.g. 127.0.0.1:8025 or [::1]:25")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Server:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class Delivery(_Section):
+    """``[delivery]``: where copies go and how hard we try."""
+
+    relay: str = "maildir:var/outbox"
+    username: str | None = None
+    password_env: str | None = None
+    require_tls: bool = False
+    max_queue_days: float = Field(default=5.0, gt=0)
+    retry_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    workers: int = Field(default=4, gt=0, le=64)
+
+    @field_validator("relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        if value.startswith("maildir:"):
+            if not value[len("maildir:") :]:
+                raise ValueError("maildir: needs a path, e.g. maildir:var/outbox")
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} must be maildir:PATH, smtp://host:port or smtps://host:port"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _password(self) -> Delivery:
+        if self.password_env and not self.username:
+            raise ValueError("password_env is set but username is not")
+        return self
+
+    @property
+    def is_maildir(self) -> bool:
+        return self.relay.startswith("maildir:")
+
+    @property
+    def maildir_path(self) -> Path:
+        return Path(self.relay[len("maildir:") :])
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
+class Dkim(_Section):
+    """``[dkim]``: signing outbound mail and verifying inbound mail."""
+
+    selector: str = Field(default="coc", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    private_key: str = "var/dkim.key"
+    verify_inbound: bool = True
+    require_aligned_members: bool = False
+    dns_timeout: float = Field(default=5.0, gt=0)
+    dns_overrides: dict[str, str] = Field(default_factory=dict)
+
+
+class Storage(_Section):
+    """``[storage]``: the database and the at-rest encryption key."""
+
+    database: str = "sqlite:///var/coc-mail.db"
+    key_file: str = "var/secret.key"
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if not (scheme == "sqlite" or scheme.startswith("postgresql")):
+            raise ValueError(f"{value!r}: use sqlite:///PATH or postgresql+psycopg://user@host/db")
+        return value
+
+
+class Intake(_Section):
+    """``[intake]``: who receives new reports."""
+
+    forward: Literal["all", "triage"] = "all"
+    conflict_check_hours: float = Field(default=48, gt=0)
+    acknowledgments_per_day: int = Field(default=3, ge=0)
+
+
+class Cases(_Section):
+    """``[cases]``: retention and reminders."""
+
+    purge_after_days: int = Field(default=0, ge=0)
+    stale_days: int = Field(default=14, ge=0)
+
+
+class Templates(_Section):
+    """``[templates]``: a directory whose files override the packaged templates."""
+
+    directory: str | None = None
+
+
+class Settings(_Section):
+    """The whole validated configuration."""
+
+    committee: Committee
+    members: Annotated[list[Member], Field(min_length=1)]
+    server: Server = Server()
+    delivery: Delivery = Delivery()
+    dkim: Dkim = Dkim()
+    storage: Storage = Storage()
+    intake: Intake = Intake()
+    cases: Cases = Cases()
+    templates: Templates = Templates()
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _members(self) -> Settings:
+        seen_email: dict[str, str] = {}
+        seen_handle: dict[str, str] = {}
+        for m in self.members:
+            if m.email in seen_email:
+                raise ValueError(f"members {seen_email[m.email]!r} and {m.name!r} share {m.email}")
+            if m.handle in seen_handle:
+                raise ValueError(
+                    f"members {seen_handle[m.handle]!r} and {m.name!r} share the handle "
+                    f"{m.handle!r}: give one of them an explicit `handle`"
+                )
+            if m.email == self.committee.address:
+                raise ValueError(f"member {m.name!r} has the committee's own address")
+            seen_email[m.email] = m.name
+            seen_handle[m.handle] = m.name
+        if self.intake.forward == "triage" and not any("triage" in m.roles for m in self.members):
+            raise ValueError('intake.forward = "triage" but no member has roles = ["triage"]')
+        return self
+
+    def member_by_handle(self, handle: str) -> Member | None:
+        return next((m for m in self.members if m.handle == handle), None)
+
+    def member_by_email(self, email: str) -> Member | None:
+        email = email.lower()
+        return next((m for m in self.members if m.email == email), None)
+
+    @property
+    def operators(self) -> list[Member]:
+        return [m for m in self.members if "operator" in m.roles]
+
+    @property
+    def database_url(self) -> str:
+        return os.environ.get(ENV_DATABASE) or self.storage.database
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each key path in a TOML text to its 1-based line (tables, arrays of tables, keys)."""
+    where: dict[tuple[str | int, ...], int] = {}
+    counters: dict[tuple[str, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[["):
+            name = tuple(p.strip().strip('"') for p in line.strip("[]").split("."))
+            index = counters.get(name, -1) + 1
+            counters[name] = index
+            table = (*name, index)
+            where.setdefault(table, number)
+        elif line.startswith("["):
+            table = tuple(p.strip().strip('"') for p in line.strip("[]").split("."))
+            where.setdefault(table, number)
+        elif "=" in line:
+            key = line.split("=", 1)[0].strip()
+            path = tuple(p.strip().strip('"') for p in key.split("."))
+            where.setdefault((*table, *path), number)
+    return where
+
+
+def _locate(loc: Sequence[str | int], lines: dict[tuple[str | int, ...], int]) -> str:
+    keys = [str(p) if isinstance(p, str) else f"[{p}]" for p in loc]
+    dotted = ".".join(keys).replace(".[", "[") or "(top level)"
+    path = tuple(loc)
+    while path:
+        if path in lines:
+            return f"{dotted} (line {lines[path]})"
+        path = path[:-1]
+    return dotted
+
+
+def parse(text: str, source: str = "<string>") -> Settings:
+    """Validate a TOML text; raise :class:`ConfigError` naming every bad key and its line."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"TOML syntax: {exc}"]) from None
+    lines = _key_lines(text)
+    try:
+        return Settings.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = _locate(err["loc"], lines)
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (a typo?); see README for the keys of each section"
+            elif err["type"] == "missing":
+                message = "required key is missing"
+            problems.append(f"{where}: {message}")
+        raise ConfigError(source, problems) from None
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate the configuration file (``--config``, ``$COC_MAIL_CONFIG`` or default)."""
+    chosen = Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            str(chosen), ["file not found: pass --config PATH or set COC_MAIL_CONFIG"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(chosen), [f"cannot read: {exc}"]) from None
+    return parse(text, str(chosen))

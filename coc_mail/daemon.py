@@ -1,0 +1,141 @@
+"""``coc-mail serve``: wire intake, processor and delivery together and run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from sqlmodel import Session, update
+
+from . import config as config_mod
+from .app import App, build
+from .config import Settings
+from .delivery import Deliverer, make_transport, retry_now
+from .errors import CocMailError
+from .intake import IntakeHandler, smtp_factory
+from .processor import Processor
+from .spool import Spool
+from .store import Inbound
+
+log = logging.getLogger(__name__)
+
+
+def _lock(settings: Settings) -> IO[str] | None:
+    """With SQLite only one daemon may use the database: hold an exclusive lock file."""
+    url = settings.database_url
+    if not url.startswith("sqlite"):
+        return None
+    path = Path(settings.server.pid_file).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CocMailError(
+            f"another coc-mail daemon holds {path}: with SQLite only one may run "
+            "(use PostgreSQL to run several)"
+        ) from None
+    return fh
+
+
+def _recover(app: App) -> None:
+    """Start-up: every waiting copy is due now; with SQLite (one daemon) old claims are void."""
+    single = app.settings.database_url.startswith("sqlite")
+    copies = retry_now(app, clear_claims=single)
+    if single:
+        with Session(app.engine) as session:
+            session.exec(update(Inbound).values(claimed_until=None))
+            session.commit()
+    if copies:
+        log.info("start-up: %d waiting copies queued for immediate retry", copies)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[[], object]) -> None:
+    loop.call_soon_threadsafe(func)
+
+
+class Daemon:
+    """The running daemon: one asyncio loop for SMTP and delivery, threads for the rest."""
+
+    def __init__(self, app: App, config_path: str | None) -> None:
+        self.app = app
+        self.config_path = config_path
+        self.stopped = asyncio.Event()
+
+    def reload(self) -> None:
+        """SIGHUP / `coc-mail reload`: re-read the config; on any error keep the old one."""
+        try:
+            fresh = config_mod.load(self.config_path)
+        except CocMailError as exc:
+            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            return
+        self.app.settings = fresh
+        self.handler.settings = fresh
+        log.info("reload: configuration re-read (%d members)", len(fresh.members))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.app.settings
+        self.deliverer = Deliverer(self.app, make_transport(self.app))
+        self.processor = Processor(
+            self.app, on_queued=lambda: _call_soon(loop, self.deliverer.wake.set)
+        )
+        self.spool = Spool(self.app.engine, self.app.keys, on_commit=self.processor.wake.set)
+        self.handler = IntakeHandler(settings, self.app.addresses, self.app.engine, self.spool)
+        _recover(self.app)
+        self.spool.start()
+        worker = threading.Thread(target=self.processor.run, name="processor", daemon=True)
+        worker.start()
+        delivery = asyncio.create_task(self.deliverer.run(), name="delivery")
+        server = await loop.create_server(
+            lambda: smtp_factory(self.app.settings, self.handler),
+            host=settings.server.host,
+            port=settings.server.port,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.deliverer.wake.set)
+        log.info(
+            "coc-mail ready: SMTP on %s for %s, delivering to %s",
+            settings.server.listen,
+            self.app.alias,
+            settings.delivery.relay.split("@")[-1],
+        )
+        await self.stopped.wait()
+        log.info("stopping: no new mail accepted; finishing what is in hand")
+        self.handler.accepting = False
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5)
+        await asyncio.to_thread(self.spool.stop)
+        self.processor.stopping.set()
+        self.processor.wake.set()
+        await asyncio.to_thread(worker.join, 30)
+        delivery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivery
+        log.info("stopped")
+
+
+def serve(settings: Settings, config_path: str | None) -> None:
+    lock = _lock(settings)
+    app = build(settings, create_keys=True)
+    pid = Path(settings.server.pid_file)
+    pid.parent.mkdir(parents=True, exist_ok=True)
+    pid.write_text(f"{os.getpid()}\n")
+    try:
+        asyncio.run(Daemon(app, config_path).run())
+    finally:
+        with contextlib.suppress(OSError):
+            pid.unlink()
+        if lock is not None:
+            lock.close()

@@ -1,0 +1,310 @@
+"""The delivery side: a worker that hands queued copies to a Maildir or an SMTP relay.
+
+A copy is claimed with a lease, delivered, and its row deleted (nothing is archived).
+Temporary failures back off exponentially (``delivery.retry_seconds`` doubling, at most an
+hour) until ``delivery.max_queue_days``; permanent failures and expired copies are dropped
+and the operators told, without content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiosmtplib
+from sqlalchemy import or_
+from sqlmodel import Session, col, select, update
+
+from .app import App
+from .errors import DeliveryError
+from .outbox import notify_operators
+from .store import Outbound, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = dt.timedelta(minutes=2)
+MAX_BACKOFF = 3600.0
+
+
+class Transport(Protocol):
+    """Hands one copy to its next hop; raises :class:`DeliveryError`."""
+
+    async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+        """Deliver or raise."""
+
+
+class MaildirTransport:
+    """Delivers into one Maildir (an outbox), each file with ``Delivered-To``, like Postfix's
+    local(8). The file name carries the copy's uid, so a retried copy is never written twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.host = socket.gethostname().replace("/", "_").replace(":", "_")
+
+    def prepare(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+        await asyncio.to_thread(self._write, uid, envelope_from, recipient, content)
+
+    def _exists(self, uid: str) -> bool:
+        marker = f".C{uid}."
+        return any(marker in name for sub in ("new", "cur") for name in os.listdir(self.path / sub))
+
+    def _write(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+        try:
+            self.prepare()
+            if self._exists(uid):
+                return
+            name = f"{int(time.time())}.C{uid}.{self.host}"
+            tmp = self.path / "tmp" / name
+            data = (
+                f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
+                + content
+            ).replace(b"\r\n", b"\n")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.path / "new" / name)
+            os.unlink(tmp)
+            dfd = os.open(self.path / "new", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise DeliveryError(f"maildir: {exc.strerror}", permanent=False) from None
+
+
+@dataclass
+class SmtpTransport:
+    """Delivers through an SMTP relay: ``smtp://`` (STARTTLS when offered, or required with
+    ``delivery.require_tls``) or ``smtps://`` (TLS from the start), AUTH when configured."""
+
+    url: str
+    username: str | None
+    password: str | None
+    require_tls: bool
+    timeout: float
+
+    async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+        parts = urlsplit(self.url)
+        implicit = parts.scheme == "smtps"
+        try:
+            await aiosmtplib.send(
+                content,
+                sender=envelope_from,
+                recipients=[recipient],
+                hostname=parts.hostname,
+                port=parts.port or (465 if implicit else 25),
+                use_tls=implicit,
+                start_tls=True if self.require_tls else None,
+                username=self.username,
+                password=self.password,
+                timeout=self.timeout,
+                tls_context=ssl.create_default_context(),
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0] if exc.recipients else None
+            code = refusal.code if refusal else 450
+            raise DeliveryError(
+                f"{code} {refusal.message if refusal else ''}", permanent=500 <= code < 600
+            ) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(
+                f"{exc.code} {exc.message}", permanent=500 <= exc.code < 600
+            ) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise DeliveryError(f"relay: {type(exc).__name__}: {exc}", permanent=False) from None
+
+
+def make_transport(app: App) -> Transport:
+    delivery = app.settings.delivery
+    if delivery.is_maildir:
+        transport = MaildirTransport(delivery.maildir_path)
+        transport.prepare()
+        return transport
+    return SmtpTransport(
+        delivery.relay,
+        delivery.username,
+        delivery.password(),
+        delivery.require_tls,
+        delivery.timeout_seconds,
+    )
+
+
+@dataclass
+class Claimed:
+    """One copy taken from the queue, opened for delivery."""
+
+    id: int
+    uid: str
+    envelope_from: str
+    recipient: str
+    content: bytes
+
+
+class Deliverer:
+    """The delivery worker: claims due copies, delivers them concurrently, records outcomes."""
+
+    def __init__(self, app: App, transport: Transport) -> None:
+        self.app = app
+        self.transport = transport
+        self.wake = asyncio.Event()
+        self.delivered = 0
+        self.deferred = 0
+
+    # -- queue operations (sync, run in a thread) ---------------------------------------------
+    def claim(self, limit: int) -> list[Claimed]:
+        now = utcnow()
+        with Session(self.app.engine) as session:
+            rows = session.exec(
+                select(Outbound)
+                .where(Outbound.next_attempt_at <= now)
+                .where(
+                    or_(col(Outbound.claimed_until).is_(None), col(Outbound.claimed_until) < now)
+                )
+                .order_by(col(Outbound.next_attempt_at))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            claimed = []
+            for row in rows:
+                row.claimed_until = now + LEASE
+                session.add(row)
+                claimed.append(
+                    Claimed(
+                        id=int(row.id or 0),
+                        uid=row.uid,
+                        envelope_from=row.envelope_from,
+                        recipient=self.app.keys.open_text(row.recipient, "outbound.recipient"),
+                        content=self.app.keys.open(row.content, "outbound.content"),
+                    )
+                )
+            session.commit()
+        return claimed
+
+    def done(self, copy: Claimed) -> None:
+        with Session(self.app.engine) as session:
+            row = session.get(Outbound, copy.id)
+            if row is not None:
+                session.delete(row)
+                session.commit()
+
+    def failed(self, copy: Claimed, error: DeliveryError) -> None:
+        with Session(self.app.engine) as session:
+            row = session.get(Outbound, copy.id)
+            if row is None:
+                return
+            row.attempts += 1
+            age = utcnow() - row.created_at
+            limit = dt.timedelta(days=self.app.settings.delivery.max_queue_days)
+            if error.permanent or age >= limit:
+                days = self.app.settings.delivery.max_queue_days
+                why = (
+                    "refused permanently"
+                    if error.permanent
+                    else f"still undeliverable after {days:g} days"
+                )
+                session.delete(row)
+                notify_operators(
+                    self.app,
+                    session,
+                    "a copy could not be delivered",
+                    f"A copy (id {row.uid}) was {why}.\nLast answer: {error}\n"
+                    "It has been removed from the queue.\n",
+                )
+                log.error(
+                    "delivery: copy %s dropped: %s",
+                    row.uid,
+                    "permanent failure" if error.permanent else "expired",
+                )
+            else:
+                delay = min(
+                    self.app.settings.delivery.retry_seconds * 2 ** (row.attempts - 1), MAX_BACKOFF
+                )
+                row.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+                row.claimed_until = None
+                row.last_error = self.app.keys.seal_text(str(error)[:500], "outbound.last_error")
+                session.add(row)
+                log.info(
+                    "delivery: copy %s deferred %.0fs (attempt %d)", row.uid, delay, row.attempts
+                )
+            session.commit()
+
+    def next_due(self) -> float | None:
+        """Seconds until the next copy is due (None when the queue is empty)."""
+        with Session(self.app.engine) as session:
+            due = session.exec(
+                select(Outbound.next_attempt_at).order_by(col(Outbound.next_attempt_at)).limit(1)
+            ).first()
+        if due is None:
+            return None
+        return max(0.0, (due - utcnow()).total_seconds())
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def deliver(self, copy: Claimed) -> None:
+        try:
+            await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, copy.content)
+        except DeliveryError as exc:
+            self.deferred += 1
+            await asyncio.to_thread(self.failed, copy, exc)
+            return
+        await asyncio.to_thread(self.done, copy)
+        self.delivered += 1
+        log.info("delivery: copy %s delivered", copy.uid)
+
+    async def _deliver_all(self, batch: list[Claimed], workers: int) -> None:
+        sem = asyncio.Semaphore(workers)
+
+        async def one(c: Claimed) -> None:
+            async with sem:
+                await self.deliver(c)
+
+        await asyncio.gather(*(one(c) for c in batch))
+
+    async def run(self, poll: float = 2.0) -> None:
+        workers = self.app.settings.delivery.workers
+        while True:
+            try:
+                batch = await asyncio.to_thread(self.claim, workers * 4)
+            except Exception:
+                log.exception("delivery: cannot claim copies")
+                batch = []
+            if batch:
+                await self._deliver_all(batch, workers)
+                continue
+            try:
+                due = await asyncio.to_thread(self.next_due)
+            except Exception:  # noqa: BLE001
+                due = None
+            wait = poll if due is None else min(poll, max(due, 0.05))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=wait)
+            self.wake.clear()
+
+
+def retry_now(app: App, *, clear_claims: bool) -> int:
+    """Make every waiting copy due now (``queue --flush`` and start-up). Returns the count."""
+    with Session(app.engine) as session:
+        stmt = update(Outbound).values(next_attempt_at=utcnow())
+        if clear_claims:
+            stmt = stmt.values(claimed_until=None)
+        result = session.exec(stmt)
+        session.commit()
+        return int(result.rowcount or 0)

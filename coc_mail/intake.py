@@ -1,0 +1,172 @@
+"""The SMTP side: an aiosmtpd handler that only gives verdicts and commits accepted mail.
+
+RCPT: each address is classified (:mod:`coc_mail.verdicts`); unknown ones get 550 at once.
+DATA: size (aiosmtpd, 552), header presence, loop and hop checks, then a durable commit to
+the incoming queue and only then ``250``. Parsing, routing, rendering and signing happen
+later, in :mod:`coc_mail.processor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from . import verdicts
+from .addresses import Addresses
+from .config import Settings
+from .errors import StoreUnavailable
+from .spool import DiskFull, Envelope, Spool
+
+log = logging.getLogger(__name__)
+
+
+def header_block(content: bytes) -> bytes:
+    """The header section of a raw message (up to the first empty line)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        end = content.find(sep)
+        if end != -1:
+            return content[: end + len(sep)]
+    return content
+
+
+class IntakeHandler:
+    """aiosmtpd handler: ``handle_RCPT`` and ``handle_DATA`` verdicts, nothing slow."""
+
+    def __init__(
+        self, settings: Settings, addresses: Addresses, engine: Engine, spool: Spool
+    ) -> None:
+        self.settings = settings
+        self.addresses = addresses
+        self.engine = engine
+        self.spool = spool
+        self.loop_marker = addresses.alias.encode()
+        self.accepting = True
+
+    def _lookup(self, address: str) -> str:
+        recipient = self.addresses.parse(address)
+        if verdicts.needs_database(recipient):
+            with Session(self.engine) as session:
+                return verdicts.rcpt_verdict(address, self.settings, self.addresses, session)[0]
+        return verdicts.rcpt_verdict(address, self.settings, self.addresses, None)[0]
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: SmtpEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= verdicts.MAX_RECIPIENTS:
+            return verdicts.TOO_MANY_RCPTS
+        recipient = self.addresses.parse(address)
+        try:
+            if verdicts.needs_database(recipient):
+                reply = await asyncio.to_thread(self._lookup, address)
+            else:
+                reply = self._lookup(address)
+        except Exception as exc:  # noqa: BLE001 - the database is down: let the sender retry
+            log.warning("rcpt: lookup failed: %s", type(exc).__name__)
+            return verdicts.TEMP_STORE
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        else:
+            peer = session.peer[0] if session.peer else "?"
+            log.info("rcpt: refused %s from %s", reply[:9], peer)
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        if not self.accepting:
+            return verdicts.SHUTTING_DOWN
+        content: bytes = envelope.original_content or b""
+        head = header_block(content)
+        headers = BytesHeaderParser(policy=compat32).parsebytes(head)
+        if not headers.keys():
+            return verdicts.NO_HEADERS
+        for value in headers.get_all("X-Loop", []):
+            if str(value).strip().lower().encode() == self.loop_marker:
+                log.warning("data: loop detected, refused")
+                return verdicts.LOOP
+        if len(headers.get_all("Received", [])) > verdicts.MAX_HOPS:
+            return verdicts.TOO_MANY_HOPS
+        smtputf8 = "SMTPUTF8" in {o.upper() for o in envelope.mail_options}
+        spooled = Envelope(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=list(envelope.rcpt_tos),
+            peer=str(session.peer[0]) if session.peer else "",
+            smtputf8=smtputf8,
+        )
+        try:
+            queue_id = await self.spool.put(spooled, content)
+        except DiskFull:
+            return verdicts.DISK_FULL
+        except StoreUnavailable:
+            return verdicts.TEMP_STORE
+        log.info(
+            "data: queued inbound %d (%d bytes, %d rcpt)",
+            queue_id,
+            len(content),
+            len(spooled.rcpt_tos),
+        )
+        return verdicts.QUEUED.format(id=queue_id)
+
+
+class BoundedSMTP(SMTP):
+    """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it)."""
+
+    active = 0
+
+    def __init__(self, handler: Any, *, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if BoundedSMTP.active >= self.max_connections:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+            transport.close()
+            return
+        BoundedSMTP.active += 1
+        self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._counted:  # refused in connection_made: nothing was set up
+            return
+        BoundedSMTP.active -= 1
+        self._counted = False
+        super().connection_lost(error)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context when ``server.tls_cert``/``tls_key`` are set, else ``None``."""
+    if not settings.server.tls_cert or not settings.server.tls_key:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    return context
+
+
+def smtp_factory(settings: Settings, handler: IntakeHandler) -> BoundedSMTP:
+    return BoundedSMTP(
+        handler,
+        max_connections=settings.server.max_connections,
+        data_size_limit=settings.server.max_message_bytes,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        hostname=settings.server.hostname,
+        ident="coc-mail",
+        tls_context=tls_context(settings),
+        timeout=settings.server.timeout_seconds,
+    )

@@ -1,0 +1,146 @@
+"""The incoming queue writer: seals accepted messages and commits them, many sessions per commit.
+
+SMTP sessions hand their message to :meth:`Spool.put` and wait; one writer thread takes every
+message waiting at that moment, inserts them in one transaction and commits once (group
+commit), then wakes each session, which only then answers ``250``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from .crypto import Keyring
+from .errors import StoreUnavailable
+from .store import Inbound
+
+log = logging.getLogger(__name__)
+BATCH = 128
+
+
+class DiskFull(StoreUnavailable):
+    """The database reports that its disk is full."""
+
+
+@dataclass
+class Envelope:
+    """The SMTP envelope of one accepted transaction (sealed in the queue row)."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    peer: str = ""
+    smtputf8: bool = False
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        return cls(**json.loads(data))
+
+
+@dataclass
+class _Item:
+    envelope: Envelope
+    content: bytes
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[int]
+    row: Any = field(default=None)
+
+
+def classify(exc: BaseException) -> StoreUnavailable:
+    """Translate a driver error: a full disk, or any other temporary unavailability."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    if "disk is full" in text or "diskfull" in text or "no space left" in text:
+        return DiskFull("disk full")
+    return StoreUnavailable(f"database unavailable: {type(exc).__name__}")
+
+
+class Spool:
+    """Group-committing writer of :class:`~coc_mail.store.Inbound` rows."""
+
+    def __init__(self, engine: Engine, keys: Keyring, on_commit: Callable[[], None]) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="spool", daemon=True)
+        self.commits = 0
+        self.messages = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    async def put(self, envelope: Envelope, content: bytes) -> int:
+        """Store one message durably; return its queue id. Raises StoreUnavailable."""
+        loop = asyncio.get_running_loop()
+        item = _Item(envelope, content, loop, loop.create_future())
+        self._queue.put(item)
+        return await item.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Item]) -> None:
+        try:
+            with Session(self.engine) as session:
+                for item in batch:
+                    item.row = Inbound(
+                        envelope=self.keys.seal(item.envelope.to_json(), "inbound.envelope"),
+                        content=self.keys.seal(item.content, "inbound.content"),
+                    )
+                    session.add(item.row)
+                session.flush()
+                ids = [int(item.row.id) for item in batch]
+                session.commit()
+        except Exception as exc:  # noqa: BLE001 - every driver error becomes a 4xx
+            error = classify(exc)
+            log.warning("spool: commit of %d message(s) failed: %s", len(batch), error)
+            for item in batch:
+                item.loop.call_soon_threadsafe(_fail, item.future, error)
+            return
+        self.commits += 1
+        self.messages += len(batch)
+        for item, row_id in zip(batch, ids, strict=True):
+            item.loop.call_soon_threadsafe(_succeed, item.future, row_id)
+        self.on_commit()
+
+
+def _succeed(future: asyncio.Future[int], value: int) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[int], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

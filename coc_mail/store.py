@@ -1,0 +1,172 @@
+"""The database: SQLModel tables, engine set-up (SQLite WAL or PostgreSQL) and migrations.
+
+Sensitive values are stored sealed (see :mod:`coc_mail.crypto`); what stays readable without
+the key is code names, dates, statuses, counters and opaque tags.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel
+
+from .errors import StorageKeyError, StoreUnavailable
+
+
+def utcnow() -> dt.datetime:
+    """Aware UTC, the one time representation in the database."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Meta(SQLModel, table=True):
+    """Key/value facts about the database itself (the key check value)."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: bytes
+
+
+class Inbound(SQLModel, table=True):
+    """The incoming queue: one row per accepted SMTP transaction, sealed, until processed."""
+
+    __tablename__ = "inbound"
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: dt.datetime = Field(default_factory=utcnow, index=True)
+    envelope: bytes  # sealed JSON: mail_from, rcpt_tos, peer, smtputf8
+    content: bytes  # sealed raw message as received
+    attempts: int = 0
+    claimed_until: dt.datetime | None = None
+    shunted: bool = Field(default=False, index=True)
+    error: str | None = Field(default=None, max_length=200)  # exception class only, no content
+
+
+class Case(SQLModel, table=True):
+    """One report: its code name, status, dates and the sealed report."""
+
+    __tablename__ = "cases"
+    id: int | None = Field(default=None, primary_key=True)
+    code_name: str = Field(unique=True, max_length=64)
+    status: str = Field(default="New", max_length=16, index=True)
+    opened_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    resolved_at: dt.datetime | None = None
+    reporter_key: str = Field(index=True, max_length=32)  # tag of the reporter address token
+    reporter: bytes | None = None  # sealed reporter address
+    report: bytes | None = None  # sealed original message
+    sheet: bytes | None = None  # sealed JSON of status-sheet fields
+
+
+class CaseMember(SQLModel, table=True):
+    """A member's standing in one case; the member is named by a keyed tag, not in clear."""
+
+    __tablename__ = "case_members"
+    case_id: int = Field(foreign_key="cases.id", primary_key=True, ondelete="CASCADE")
+    member_tag: str = Field(primary_key=True, max_length=32)
+    state: str = Field(max_length=16)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class SentCopy(SQLModel, table=True):
+    """A message we sent: routes replies (Message-ID) and DSNs (uid) back to their case."""
+
+    __tablename__ = "sent_copies"
+    uid: str = Field(primary_key=True, max_length=16)
+    case_id: int | None = Field(
+        default=None, index=True, foreign_key="cases.id", ondelete="CASCADE"
+    )
+    message_id: str = Field(index=True, max_length=255)
+    role: bytes  # sealed: member handle, "reporter" or "operator"
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Outbound(SQLModel, table=True):
+    """The delivery queue: one sealed, signed copy per recipient, deleted once delivered."""
+
+    __tablename__ = "outbound"
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str = Field(unique=True, max_length=16)
+    case_id: int | None = Field(default=None, index=True)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    next_attempt_at: dt.datetime = Field(default_factory=utcnow, index=True)
+    attempts: int = 0
+    claimed_until: dt.datetime | None = None
+    envelope_from: str = Field(max_length=255)
+    recipient: bytes  # sealed recipient address
+    content: bytes  # sealed message
+    last_error: bytes | None = None  # sealed: a relay's reply may quote the address
+
+
+class AckBudget(SQLModel, table=True):
+    """Acknowledgments sent per sender per day (keyed tag), to cap auto-replies to floods."""
+
+    __tablename__ = "ack_budget"
+    tag: str = Field(primary_key=True, max_length=32)
+    day: dt.date = Field(index=True)
+    count: int = 0
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we say 250
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL + synchronous=FULL, its directory is created."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10}, pool_size=8
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (Alembic); safe to run on every start."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+KEY_CHECK = b"coc-mail key check v1"
+
+
+def check_key(engine: Engine, keys: Any) -> None:
+    """Refuse a storage key that is not the one this database was written with."""
+    with Session(engine) as session:
+        row = session.get(Meta, "key_check")
+        if row is None:
+            session.add(Meta(key="key_check", value=keys.seal(KEY_CHECK, "meta.key_check")))
+            session.commit()
+            return
+        try:
+            ok = keys.open(row.value, "meta.key_check") == KEY_CHECK
+        except StorageKeyError:
+            ok = False
+        if not ok:
+            raise StorageKeyError(
+                "the storage key does not open this database: restore the key file that was "
+                "used when it was created (or set COC_MAIL_KEY to it)"
+            )
+
+
+def translate_db_error(exc: BaseException) -> StoreUnavailable:
+    """Turn a driver error into our temporary-failure vocabulary (no SQL, no values)."""
+    return StoreUnavailable(f"database unavailable: {type(exc).__name__}")
