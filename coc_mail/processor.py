@@ -11,9 +11,9 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from email import message_from_bytes
+from email import message_from_bytes, message_from_string
 from email.message import Message
-from email.policy import compat32
+from email.policy import compat32, default
 from email.utils import formataddr, parseaddr
 
 from sqlalchemy import or_
@@ -50,12 +50,21 @@ class Incoming:
     def __init__(self, envelope: Envelope, content: bytes) -> None:
         self.envelope = envelope
         self.content = content
-        self.headers: Message = message_from_bytes(header_block(content), policy=compat32)
-        name, address = parseaddr(str(self.headers.get("From", "")))
+        head = header_block(content).decode("utf-8", "replace")
+        self.headers: Message = message_from_string(head, policy=compat32)
+        self.decoded: Message = message_from_string(head, policy=default)
+        name, address = parseaddr(self.header("From"))
         self.from_name = one_line(name, 200)
         self.from_address = address.strip().lower() if "@" in address else ""
-        self.subject = one_line(str(self.headers.get("Subject", "")), 200)
-        self.message_id = one_line(str(self.headers.get("Message-ID", "")), 900)
+        self.subject = one_line(self.header("Subject"), 200)
+        self.message_id = one_line(self.header("Message-ID"), 900)
+
+    def header(self, name: str) -> str:
+        """A header's value with RFC 2047 words decoded; the raw value if it cannot be."""
+        try:
+            return str(self.decoded.get(name, ""))
+        except Exception:  # noqa: BLE001 - malformed headers must not stop routing
+            return str(self.headers.get(name, ""))
 
     @property
     def sender(self) -> str:

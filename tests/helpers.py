@@ -1,0 +1,293 @@
+"""Test helpers: a real coc-mail daemon in a subprocess, a capturing relay, Maildir readers."""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from email.policy import SMTP, default
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+ALIAS = "conduct@example.org"
+DOMAIN = "example.org"
+
+MEMBERS = [
+    {"name": "Ada Example", "email": "ada@example.net", "handle": "ada",
+     "roles": ["triage", "operator"], "conflicts": ["pat@example.com", "Jordan Roe"]},
+    {"name": "Grace Sample", "email": "grace@example.net", "roles": ["triage"]},
+    {"name": "Linus Placeholder", "email": "linus@example.net"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{toml_value(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def write_config(path: Path, sections: dict[str, Any], members: list[dict[str, Any]]) -> None:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    for m in members:
+        lines.append("[[members]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in m.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def make_report(
+    sender: str = "Reporter Person <reporter@example.com>",
+    subject: str = "Something happened",
+    body: str = "Report body.\n",
+    to: str = ALIAS,
+    **headers: str,
+) -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = sender
+    m["To"] = to
+    m["Subject"] = subject
+    m["Message-ID"] = email.utils.make_msgid(domain="example.com")
+    for k, v in headers.items():
+        m[k.replace("_", "-")] = v
+    m.set_content(body)
+    return m
+
+
+def wire(msg: EmailMessage) -> bytes:
+    """A message as smtplib puts it on the wire (CRLF)."""
+    return msg.as_bytes(policy=SMTP)
+
+
+@dataclass
+class Daemon:
+    """A coc-mail daemon run as a user would: ``python -m coc_mail --config ... serve``."""
+
+    root: Path
+    database: str
+    relay: str = ""
+    members: list[dict[str, Any]] = field(default_factory=lambda: [dict(m) for m in MEMBERS])
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        self.var = self.root / "var"
+        self.outbox = self.root / "outbox"
+        self.log = self.root / "daemon.log"
+        self.config = self.root / "coc-mail.toml"
+        self.write()
+
+    def write(self) -> None:
+        sections: dict[str, dict[str, Any]] = {
+            "committee": {"name": "Test Conference CoC Committee", "address": ALIAS},
+            "server": {"listen": f"127.0.0.1:{self.port}", "hostname": "mx.example.org",
+                       "max_message_bytes": 200_000, "pid_file": "var/coc-mail.pid"},
+            "delivery": {"relay": self.relay or f"maildir:{self.outbox}", "retry_seconds": 0.5},
+            "dkim": {"private_key": "var/dkim.key", "dns_timeout": 1.0},
+            "storage": {"database": self.database, "key_file": "var/secret.key"},
+        }
+        for name, values in self.extra.items():
+            sections.setdefault(name, {}).update(values)
+        write_config(self.config, sections, self.members)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "coc_mail", "--config", str(self.config), *args],
+            cwd=self.root, capture_output=True, text=True, timeout=60, env=self.env(),
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"coc-mail {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COC_MAIL_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self) -> Daemon:
+        mark = self.log.read_text().count("coc-mail ready") if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "coc_mail", "--config", str(self.config), "serve"],
+                cwd=self.root, stdout=log, stderr=log, env=self.env(),
+            )
+        self.starts += 1
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
+            return self.log_text().count("coc-mail ready") > mark
+
+        wait_for(ready, 30, "daemon start")
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+
+    def send(self, msg: EmailMessage | bytes, *, sender: str = "reporter@example.com",
+             to: list[str] | None = None) -> None:
+        with self.smtp() as s:
+            if isinstance(msg, bytes):
+                s.sendmail(sender, to or [ALIAS], msg)
+            else:
+                s.send_message(msg, from_addr=sender, to_addrs=to or [ALIAS])
+
+    # -- outbox -----------------------------------------------------------------------------
+    def delivered(self) -> list[Copy]:
+        new = self.outbox / "new"
+        if not new.exists():
+            return []
+        return [Copy(p.read_bytes()) for p in sorted(new.iterdir())]
+
+    def wait_delivered(self, count: int, timeout: float = 20.0) -> list[Copy]:
+        def enough() -> list[Copy] | None:
+            got = self.delivered()
+            return got if len(got) >= count else None
+
+        wait_for(enough, timeout, f"{count} delivered messages")
+        time.sleep(0.3)  # anything extra would show up now
+        got = self.delivered()
+        assert len(got) == count, f"expected {count} messages, got {len(got)}"
+        return got
+
+
+class Copy:
+    """One delivered file: its raw bytes and the parsed message."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.msg: Message = email.message_from_bytes(raw, policy=default)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.msg[name]
+
+    @property
+    def to(self) -> str:
+        return str(self.msg["Delivered-To"]).strip()
+
+    @property
+    def text(self) -> str:
+        part = self.msg.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
+        return str(part.get_content()) if part is not None else ""
+
+    def original(self) -> bytes:
+        """The attached original, byte for byte as carried (LF line endings, as in Maildir)."""
+        boundary = self.msg.get_boundary()
+        assert boundary, "not multipart"
+        parts = self.raw.split(b"--" + boundary.encode())
+        for part in parts:
+            head, _, body = part.lstrip(b"\n").partition(b"\n\n")
+            if b"message/rfc822" in head:
+                return body
+        raise AssertionError("no message/rfc822 part")
+
+    def wire(self) -> bytes:
+        """The message as it went over the wire (CRLF), minus the delivery headers."""
+        lines = self.raw.split(b"\n")
+        while lines and lines[0].split(b":")[0] in (b"Return-Path", b"Delivered-To"):
+            lines.pop(0)
+        return b"\r\n".join(lines)
+
+
+def by_recipient(copies: list[Copy]) -> dict[str, list[Copy]]:
+    out: dict[str, list[Copy]] = {}
+    for c in copies:
+        out.setdefault(c.to, []).append(c)
+    return out
+
+
+class Relay:
+    """A capturing SMTP relay (aiosmtpd) that can be started and stopped on a fixed port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.controller: Controller | None = None
+        self.refuse: dict[str, str] = {}
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: Any) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                              bytes(envelope.original_content)))
+        return "250 OK"
+
+    def start(self) -> Relay:
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def recipients(self) -> list[str]:
+        return [r for _, rcpts, _ in self.messages for r in rcpts]

@@ -1,0 +1,189 @@
+"""A report in, the right copies out: recipients, headers, DKIM, the original intact."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+
+import dkim
+import pytest
+
+from .helpers import ALIAS, Daemon, by_recipient, make_report, wire
+
+MEMBER_EMAILS = {"ada@example.net", "grace@example.net", "linus@example.net"}
+
+
+def dns_from_cli(d: Daemon) -> dict[bytes, bytes]:
+    """The TXT record exactly as `coc-mail dkim txt` prints it, as a resolver would serve it."""
+    out = d.cli("dkim", "txt").stdout
+    name = out.split()[0].rstrip(".").encode()
+    value = "".join(re.findall(r'"([^"]*)"', out)).encode()
+    return {name: value}
+
+
+def test_report_reaches_every_member_and_reporter(daemon: Daemon) -> None:
+    report = make_report(subject="Harassment at the party", body="It happened at 9pm.\n")
+    daemon.send(report)
+    copies = daemon.wait_delivered(4)
+    got = by_recipient(copies)
+    assert set(got) == MEMBER_EMAILS | {"reporter@example.com"}
+    assert all(len(v) == 1 for v in got.values())
+
+    cases = daemon.cli("cases").stdout.splitlines()[1:]
+    assert len(cases) == 1
+    code_name = " ".join(cases[0].split()[:2])
+    slug = code_name.replace(" ", "-")
+
+    reply_tos = set()
+    for email in MEMBER_EMAILS:
+        copy = got[email][0]
+        assert copy["From"].addresses[0].addr_spec == ALIAS
+        assert copy["From"].addresses[0].display_name == "Test Conference CoC Committee"
+        assert copy["Subject"] == f"[{code_name}] Harassment at the party"
+        reply_to = str(copy["Reply-To"])
+        assert re.fullmatch(rf"conduct\+{slug}\.[a-z2-7]{{16}}@example\.org", reply_to)
+        reply_tos.add(reply_to)
+        assert str(copy["Return-Path"]).startswith("<conduct-bounces+")
+        assert "dkim=none" in str(copy["Authentication-Results"])
+        assert copy["X-Loop"] == ALIAS
+        assert copy.original().replace(b"\n", b"\r\n") == wire(report)
+    assert len(reply_tos) == 3, "each member has their own case address"
+
+    ack = got["reporter@example.com"][0]
+    assert ack["Reply-To"].addresses[0].addr_spec.startswith("conduct+r.")
+    assert code_name in str(ack["Subject"])
+    assert ack["In-Reply-To"] == report["Message-ID"]
+    assert ack["Auto-Submitted"] == "auto-generated"
+
+
+def test_every_copy_carries_a_dkim_signature_that_verifies(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    d.send(make_report())
+    copies = d.wait_delivered(4)
+    records = dns_from_cli(d)
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        return records.get(name.rstrip(b"."))
+
+    for copy in copies:
+        assert dkim.verify(copy.wire(), dnsfunc=dnsfunc), f"bad signature for {copy.to}"
+        tampered = copy.wire().replace(b"It", b"it", 1) + b"tampered\r\n"
+        assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+
+
+def test_unknown_recipients_refused_at_rcpt(sqlite_daemon: Daemon) -> None:
+    with sqlite_daemon.smtp() as s:
+        s.ehlo()
+        s.mail("someone@example.com")
+        for rcpt, code in [
+            ("nobody@example.org", 550),
+            ("conduct+bogus@example.org", 550),
+            ("conduct+without.nosuchmember@example.org", 550),
+            ("conduct+happy-otter.aaaaaaaaaaaaaaaa@example.org", 550),
+            ("conduct+r.aaaaaaaaaaaaaaaa@example.org", 550),
+            ("conduct+m.aaaaaaaaaaaaaaaa@example.org", 550),
+            ("conduct-bounces+0123456789abcdef.aaaaaaaaaaaaaaaa@example.org", 550),
+            ("conduct@elsewhere.org", 554),
+            ("conduct@example.org", 250),
+            ("conduct+without.ada@example.org", 250),
+            ("postmaster@example.org", 250),
+        ]:
+            assert s.rcpt(rcpt)[0] == code, rcpt
+    assert "@example.org" not in sqlite_daemon.log_text().replace("conduct@example.org", "")
+
+
+def test_oversized_mail_refused_with_552(sqlite_daemon: Daemon) -> None:
+    big = make_report(body="x" * 70 + "\n" * 1)
+    big.set_content(("y" * 76 + "\n") * 3000)  # ~230 kB > 200 kB limit
+    with pytest.raises(smtplib.SMTPDataError) as err, sqlite_daemon.smtp() as s:
+        s.ehlo()
+        s.esmtp_features.pop("size", None)  # do not let SIZE stop it early
+        s.send_message(big, from_addr="r@example.com", to_addrs=[ALIAS])
+    assert err.value.smtp_code == 552
+    assert sqlite_daemon.cli("cases").stdout.count("\n") == 1  # header only: no case
+    with sqlite_daemon.smtp() as s:  # and SIZE= in MAIL FROM is refused up front
+        s.ehlo()
+        code, _ = s.mail("r@example.com", ["SIZE=900000"])
+        assert code == 552
+
+
+def test_without_address_excludes_that_member(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    d.send(make_report(to="conduct+without.grace@example.org"),
+           to=["conduct+without.grace@example.org"])
+    got = by_recipient(d.wait_delivered(3))
+    assert "grace@example.net" not in got
+    assert {"ada@example.net", "linus@example.net", "reporter@example.com"} == set(got)
+
+
+def test_known_conflicts_and_reporting_member_are_excluded(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    # Ada lists pat@example.com as a conflict: Pat's report never reaches Ada.
+    d.send(make_report(sender="Pat <pat@example.com>"), sender="pat@example.com")
+    got = by_recipient(d.wait_delivered(3))
+    assert set(got) == {"grace@example.net", "linus@example.net", "pat@example.com"}
+    # A member who reports does not get their own report as a committee copy.
+    d.send(make_report(sender="Linus Placeholder <linus@example.net>"),
+           sender="linus@example.net")
+    copies = d.wait_delivered(6)
+    per = by_recipient(copies)
+    linus = [c for c in per["linus@example.net"] if "conduct+r." in str(c["Reply-To"])]
+    assert len(linus) == 1, "Linus gets the acknowledgment, not a case copy"
+    assert len(per["ada@example.net"]) == 1 and len(per["grace@example.net"]) == 2
+
+
+def test_triage_forwarding(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    d = Daemon(tmp_path, sqlite_url, extra={"intake": {"forward": "triage"}})
+    d.start()
+    try:
+        d.send(make_report())
+        got = by_recipient(d.wait_delivered(3))
+        assert set(got) == {"ada@example.net", "grace@example.net", "reporter@example.com"}
+    finally:
+        d.stop()
+
+
+def test_eight_bit_and_smtputf8_mail_kept_intact(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    raw = (
+        "From: Zoë Reporter <zoë@exämple.com>\r\nTo: conduct@example.org\r\n"
+        "Subject: Ünïcödé report\r\nMessage-ID: <u1@example.com>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        "Grüße, 事件の報告です。\r\n"
+    ).encode()
+    with d.smtp() as s:
+        s.ehlo()
+        assert s.has_extn("smtputf8") and s.has_extn("8bitmime")
+        s.sendmail("zoë@exämple.com", [ALIAS], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    copies = d.wait_delivered(4)
+    members = [c for c in copies if c.to.endswith("@example.net")]
+    assert len(members) == 3
+    for c in members:
+        assert c.original().replace(b"\n", b"\r\n") == raw
+        assert "Ünïcödé report" in str(c["Subject"])
+
+
+def test_html_and_attachments_survive_in_the_original(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    report = make_report(body="plain version\n")
+    report.add_alternative("<p>html <b>version</b></p>", subtype="html")
+    report.add_attachment(bytes(range(256)) * 40, maintype="application",
+                          subtype="octet-stream", filename="evidence.bin")
+    raw = wire(report)
+    d.send(raw)
+    copies = d.wait_delivered(4)
+    for c in (c for c in copies if c.to.endswith("@example.net")):
+        assert c.original().replace(b"\n", b"\r\n") == raw
+
+
+def test_loop_is_refused(sqlite_daemon: Daemon) -> None:
+    looped = make_report(X_Loop=ALIAS)
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        sqlite_daemon.send(looped)
+    assert err.value.smtp_code == 554
+    hops = make_report()
+    for i in range(60):
+        hops["Received"] = f"from hop{i} by hop{i + 1}; Tue, 24 Nov 2026 10:00:00 +0000"
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        sqlite_daemon.send(hops)
+    assert err.value.smtp_code == 554
