@@ -101,7 +101,7 @@ class IntakeHandler:
             return verdicts.TOO_MANY_HOPS
         smtputf8 = "SMTPUTF8" in {o.upper() for o in envelope.mail_options}
         spooled = Envelope(
-            mail_from=envelope.mail_from or "",
+            mail_from=(envelope.mail_from or "").strip().strip("<>"),  # null sender: ""
             rcpt_tos=list(envelope.rcpt_tos),
             peer=str(session.peer[0]) if session.peer else "",
             smtputf8=smtputf8,
