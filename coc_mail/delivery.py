@@ -32,7 +32,8 @@ from .store import Outbound, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE = dt.timedelta(minutes=2)
+LEASE = dt.timedelta(seconds=30)  # renewed every RENEW while the copy is in flight
+RENEW = 10.0
 MAX_BACKOFF = 3600.0
 
 
@@ -168,6 +169,7 @@ class Deliverer:
         self.wake = asyncio.Event()
         self.delivered = 0
         self.deferred = 0
+        self.in_flight: set[int] = set()
 
     # -- queue operations (sync, run in a thread) ---------------------------------------------
     def claim(self, limit: int) -> list[Claimed]:
@@ -198,6 +200,27 @@ class Deliverer:
                 )
             session.commit()
         return claimed
+
+    def renew(self) -> None:
+        """Extend the lease of the copies this daemon is delivering right now."""
+        ids = list(self.in_flight)
+        if not ids:
+            return
+        with Session(self.app.engine) as session:
+            session.exec(
+                update(Outbound)
+                .where(col(Outbound.id).in_(ids))
+                .values(claimed_until=utcnow() + LEASE)
+            )
+            session.commit()
+
+    async def renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW)
+            try:
+                await asyncio.to_thread(self.renew)
+            except Exception:  # noqa: BLE001 - the lease just runs out; another try later
+                log.warning("delivery: could not renew leases")
 
     def done(self, copy: Claimed) -> None:
         with Session(self.app.engine) as session:
@@ -259,13 +282,19 @@ class Deliverer:
 
     # -- the loop -----------------------------------------------------------------------------
     async def deliver(self, copy: Claimed) -> None:
+        self.in_flight.add(copy.id)
         try:
-            await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, copy.content)
-        except DeliveryError as exc:
-            self.deferred += 1
-            await asyncio.to_thread(self.failed, copy, exc)
-            return
-        await asyncio.to_thread(self.done, copy)
+            try:
+                await self.transport.send(
+                    copy.uid, copy.envelope_from, copy.recipient, copy.content
+                )
+            except DeliveryError as exc:
+                self.deferred += 1
+                await asyncio.to_thread(self.failed, copy, exc)
+                return
+            await asyncio.to_thread(self.done, copy)
+        finally:
+            self.in_flight.discard(copy.id)
         self.delivered += 1
         log.info("delivery: copy %s delivered", copy.uid)
 
@@ -280,6 +309,13 @@ class Deliverer:
 
     async def run(self, poll: float = 2.0) -> None:
         workers = self.app.settings.delivery.workers
+        renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
+        try:
+            await self._loop(workers, poll)
+        finally:
+            renewer.cancel()
+
+    async def _loop(self, workers: int, poll: float) -> None:
         while True:
             try:
                 batch = await asyncio.to_thread(self.claim, workers * 4)

@@ -32,9 +32,7 @@ from .store import AckBudget, Case, Inbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE = dt.timedelta(minutes=5)
 MAX_ATTEMPTS = 5
-BATCH = 32
 AUTO_HEADERS = (
     "list-id",
     "list-unsubscribe",
@@ -118,48 +116,50 @@ class Processor:
                 self.wake.wait(poll)
                 self.wake.clear()
 
-    def claim(self) -> list[int]:
-        now = utcnow()
-        with Session(self.app.engine) as session:
-            rows = session.exec(
-                select(Inbound)
-                .where(Inbound.shunted == False)  # noqa: E712
-                .where(or_(col(Inbound.claimed_until).is_(None), col(Inbound.claimed_until) < now))
-                .order_by(col(Inbound.id))
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.claimed_until = now + LEASE
-                session.add(row)
-            ids = [int(r.id) for r in rows if r.id is not None]
-            session.commit()
-        return ids
-
     def run_once(self) -> int:
-        ids = self.claim()
-        for row_id in ids:
-            self.process(row_id)
-        return len(ids)
+        """Process queued messages until none is ready; return how many were handled."""
+        handled = 0
+        while not self.stopping.is_set() and self.process_next():
+            handled += 1
+        return handled
 
-    def process(self, row_id: int) -> None:
+    def process_next(self) -> bool:
+        """Handle the oldest ready message in one transaction; False when there is none.
+
+        The row is locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite)
+        for the whole transaction, so two daemons never handle the same message, and a daemon
+        that dies mid-way leaves the row to be handled again from scratch.
+        """
+        now = utcnow()
+        row_id: int | None = None
         try:
             with Session(self.app.engine) as session:
                 row = session.exec(
-                    select(Inbound).where(Inbound.id == row_id).with_for_update()
+                    select(Inbound)
+                    .where(col(Inbound.shunted).is_(False))
+                    .where(or_(col(Inbound.claimed_until).is_(None),
+                               col(Inbound.claimed_until) <= now))
+                    .order_by(col(Inbound.id))
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
                 ).first()
                 if row is None:
-                    return
+                    return False
+                row_id = row.id
                 envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
                 content = self.app.keys.open(row.content, "inbound.content")
                 self.handle(session, Incoming(envelope, content))
                 session.delete(row)
                 session.commit()
-            self.processed += 1
-            self.on_queued()
         except Exception as exc:
+            if row_id is None:
+                raise
             log.exception("processor: inbound %d failed (%s)", row_id, type(exc).__name__)
             self._defer(row_id, exc)
+            return True
+        self.processed += 1
+        self.on_queued()
+        return True
 
     def _defer(self, row_id: int, exc: BaseException) -> None:
         with Session(self.app.engine) as session:
