@@ -1,0 +1,169 @@
+"""Operating the daemon: check, keys, reload, TLS, inbound DKIM, one daemon per SQLite file."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import dkim
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from coc_mail.dkim import generate_key, txt_record_value
+
+from .helpers import ALIAS, Daemon, by_recipient, make_report, wait_for, wire
+
+
+def test_check_passes_on_a_started_daemon_and_fails_precisely(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    d = Daemon(tmp_path, sqlite_url)
+    first = d.cli("check", check=False)
+    assert first.returncode == 1 and "storage.key_file" in first.stderr
+    d.start()
+    d.stop()
+    ok = d.cli("check")
+    assert "ok    database schema at" in ok.stdout and "ok    relay" in ok.stdout
+    d.relay = "smtp://127.0.0.1:1"
+    d.write()
+    bad = d.cli("check", check=False)
+    assert bad.returncode == 1 and "delivery.relay 127.0.0.1:1: not reachable" in bad.stderr
+
+
+def test_a_wrong_storage_key_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    d = Daemon(tmp_path, sqlite_url)
+    d.start()
+    d.send(make_report())
+    d.wait_delivered(4)
+    d.stop()
+    key = d.var / "secret.key"
+    key.write_text(base64.urlsafe_b64encode(b"x" * 32).decode())
+    result = d.cli("cases", check=False)
+    assert result.returncode == 1
+    assert "does not open this database" in result.stderr
+    proc = subprocess.run([sys.executable, "-m", "coc_mail", "--config", str(d.config), "serve"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=d.env())
+    assert proc.returncode == 1 and "does not open this database" in proc.stderr
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    proc = subprocess.run([sys.executable, "-m", "coc_mail", "--config", str(d.config), "serve"],
+                          cwd=d.root, capture_output=True, text=True, timeout=60, env=d.env())
+    assert proc.returncode == 1 and "another coc-mail daemon" in proc.stderr
+
+
+def test_reload_adds_a_member_and_refuses_a_broken_file(tmp_path: Path, sqlite_url: str) -> None:
+    d = Daemon(tmp_path, sqlite_url)
+    d.start()
+    try:
+        d.members.append({"name": "Margaret New", "email": "margaret@example.net"})
+        d.write()
+        d.cli("reload")
+        wait_for(lambda: "4 members" in d.log_text(), 10, "reload")
+        d.send(make_report())
+        got = by_recipient(d.wait_delivered(5))
+        assert "margaret@example.net" in got
+        good = d.config.read_text()
+        d.config.write_text(good.replace('"margaret@example.net"', '"broken"'))
+        assert d.cli("reload", check=False).returncode == 1  # the CLI refuses it first
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)  # a raw SIGHUP: the daemon keeps its config
+        wait_for(lambda: "reload refused" in d.log_text(), 10, "refusal")
+        d.send(make_report(subject="second"))
+        assert "margaret@example.net" in by_recipient(d.wait_delivered(10))
+    finally:
+        d.stop()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.org")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_starttls_is_offered_with_a_certificate(tmp_path: Path, sqlite_url: str) -> None:
+    cert, key = self_signed(tmp_path)
+    d = Daemon(tmp_path, sqlite_url,
+               extra={"server": {"tls_cert": str(cert), "tls_key": str(key)}})
+    d.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+            s.ehlo()
+            assert s.has_extn("starttls")
+            s.starttls(context=context)
+            s.ehlo()
+            s.send_message(make_report(), from_addr="reporter@example.com", to_addrs=[ALIAS])
+        d.wait_delivered(4)
+    finally:
+        d.stop()
+    (tmp_path / "plain").mkdir()
+    plain = Daemon(tmp_path / "plain", sqlite_url.replace("/var/", "/plain/var/"))
+    plain.start()
+    try:
+        with plain.smtp() as s:
+            s.ehlo()
+            assert not s.has_extn("starttls")
+    finally:
+        plain.stop()
+
+
+def test_inbound_dkim_is_verified_and_a_failure_is_flagged(tmp_path: Path, sqlite_url: str) -> None:
+    sender_key = tmp_path / "sender.key"
+    pem = generate_key(sender_key)
+    record = txt_record_value(pem)
+    d = Daemon(tmp_path, sqlite_url, extra={
+        "dkim": {"dns_overrides": {"s1._domainkey.sender.example": record}}})
+    d.start()
+    try:
+        report = wire(make_report(sender="Signed Sender <someone@sender.example>"))
+        signed = dkim.sign(report, b"s1", b"sender.example", pem,
+                           include_headers=[b"from", b"subject", b"to"]) + report
+        d.send(signed, sender="someone@sender.example")
+        first = [c for c in d.wait_delivered(4) if c.to == "grace@example.net"][0]
+        assert "dkim=pass header.d=sender.example header.s=s1" in str(
+            first["Authentication-Results"])
+        assert "WARNING" not in first.text
+        assert first.original().replace(b"\n", b"\r\n") == signed
+        tampered = signed.replace(b"Report body.", b"Forged body.")
+        d.send(tampered, sender="someone@sender.example")
+        copies = [c for c in d.wait_delivered(8) if c.to == "grace@example.net"]
+        second = next(c for c in copies if c is not first and b"Forged" in c.raw)
+        assert "dkim=fail" in str(second["Authentication-Results"])
+        assert "WARNING: the sender's DKIM signature did not verify" in second.text
+    finally:
+        d.stop()
+
+
+def test_sigterm_stops_cleanly(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    d.send(make_report())
+    d.wait_delivered(4)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    assert "stopped" in d.log_text()
+    assert not (d.var / "coc-mail.pid").exists()
