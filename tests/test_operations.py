@@ -143,7 +143,7 @@ def test_inbound_dkim_is_verified_and_a_failure_is_flagged(tmp_path: Path, sqlit
         signed = dkim.sign(report, b"s1", b"sender.example", pem,
                            include_headers=[b"from", b"subject", b"to"]) + report
         d.send(signed, sender="someone@sender.example")
-        first = [c for c in d.wait_delivered(4) if c.to == "grace@example.net"][0]
+        first = next(c for c in d.wait_delivered(4) if c.to == "grace@example.net")
         assert "dkim=pass header.d=sender.example header.s=s1" in str(
             first["Authentication-Results"])
         assert "WARNING" not in first.text
