@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,6 +113,7 @@ def _check_relay(settings: Settings) -> list[str]:
             port=parts.port or (465 if parts.scheme == "smtps" else 25),
             use_tls=parts.scheme == "smtps",
             start_tls=True if delivery.require_tls else None,
+            tls_context=ssl.create_default_context(cafile=delivery.tls_ca_file),
             timeout=10,
         )
         await client.connect()

@@ -139,6 +139,7 @@ class Delivery(_Section):
     username: str | None = None
     password_env: str | None = None
     require_tls: bool = False
+    tls_ca_file: str | None = None
     max_queue_days: float = Field(default=5.0, gt=0)
     retry_seconds: float = Field(default=60.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -28,7 +29,7 @@ from sqlmodel import Session, col, select, update
 from .app import App
 from .errors import DeliveryError
 from .outbox import notify_operators
-from .store import Outbound, utcnow
+from .store import Outbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class SmtpTransport:
     password: str | None
     require_tls: bool
     timeout: float
+    ca_file: str | None = None
 
     async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
         parts = urlsplit(self.url)
@@ -118,7 +120,7 @@ class SmtpTransport:
                 username=self.username,
                 password=self.password,
                 timeout=self.timeout,
-                tls_context=ssl.create_default_context(),
+                tls_context=ssl.create_default_context(cafile=self.ca_file),
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0] if exc.recipients else None
@@ -134,6 +136,11 @@ class SmtpTransport:
             raise DeliveryError(f"relay: {type(exc).__name__}: {exc}", permanent=False) from None
 
 
+def _redact(error: DeliveryError) -> str:
+    """A relay's reply without the addresses it may quote (operators may be excluded)."""
+    return re.sub(r"\S+@\S+", "<address>", str(error))[:300]
+
+
 def make_transport(app: App) -> Transport:
     delivery = app.settings.delivery
     if delivery.is_maildir:
@@ -146,6 +153,7 @@ def make_transport(app: App) -> Transport:
         delivery.password(),
         delivery.require_tls,
         delivery.timeout_seconds,
+        delivery.tls_ca_file,
     )
 
 
@@ -245,13 +253,14 @@ class Deliverer:
                     else f"still undeliverable after {days:g} days"
                 )
                 session.delete(row)
-                notify_operators(
-                    self.app,
-                    session,
-                    "a copy could not be delivered",
-                    f"A copy (id {row.uid}) was {why}.\nLast answer: {error}\n"
-                    "It has been removed from the queue.\n",
-                )
+                if self._role(session, row.uid) != "operator":  # no notices about notices
+                    notify_operators(
+                        self.app,
+                        session,
+                        "a copy could not be delivered",
+                        f"A copy (id {row.uid}) was {why}.\nLast answer: {_redact(error)}\n"
+                        "It has been removed from the queue.\n",
+                    )
                 log.error(
                     "delivery: copy %s dropped: %s",
                     row.uid,
@@ -269,6 +278,10 @@ class Deliverer:
                     "delivery: copy %s deferred %.0fs (attempt %d)", row.uid, delay, row.attempts
                 )
             session.commit()
+
+    def _role(self, session: Session, uid: str) -> str:
+        copy = session.get(SentCopy, uid)
+        return self.app.keys.open_text(copy.role, "sent_copies.role") if copy else ""
 
     def next_due(self) -> float | None:
         """Seconds until the next copy is due (None when the queue is empty)."""

@@ -154,3 +154,64 @@ def test_no_plaintext_left_on_disk_or_in_logs(tmp_path: Path, sqlite_url: str) -
     # and the copies really carried it (the test would be void otherwise)
     assert any(marker.encode() in p.read_bytes() for p in (d.outbox / "new").iterdir())
     assert ALIAS
+
+
+def test_relay_with_starttls_and_auth(tmp_path: Path, sqlite_url: str) -> None:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from .test_operations import self_signed
+
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+        assert isinstance(auth_data, LoginPassword)
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    relay = Relay()
+    controller = Controller(relay, hostname="localhost", port=relay.port,
+                            server_hostname="mx.example.org", tls_context=context,
+                            require_starttls=True, authenticator=authenticator,
+                            auth_required=True)
+    controller.start()
+    d = Daemon(tmp_path, sqlite_url, relay=f"smtp://localhost:{relay.port}",
+               extra={"delivery": {"username": "coc", "password_env": "RELAY_PW",
+                                   "require_tls": True, "tls_ca_file": str(cert)}})
+    try:
+        env_pw = {"RELAY_PW": "s3cret"}
+        original_env = d.env
+        d.env = lambda: {**original_env(), **env_pw}  # type: ignore[method-assign]
+        d.start()
+        d.send(make_report())
+        wait_for(lambda: len(relay.messages) == 4, 30, "4 copies through the TLS relay")
+        assert logins and all(login == b"coc" for login, _ in logins)
+    finally:
+        d.stop()
+        controller.stop()
+
+
+def test_copies_that_stay_undeliverable_expire_and_the_operator_is_told(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    relay = Relay(free_port())
+    d = Daemon(tmp_path, sqlite_url, relay=relay.url,
+               extra={"delivery": {"max_queue_days": 2 / 86400, "retry_seconds": 0.2}})
+    d.start()
+    try:
+        d.send(make_report())
+        wait_for(lambda: d.log_text().count("dropped: expired") >= 4, 30, "expiry")
+        relay.start()
+        d.cli("queue", "--flush")
+        wait_for(lambda: len(relay.messages) >= 1, 30, "operator notices")
+        time.sleep(1)
+        assert all(rcpts == ["ada@example.net"] for _, rcpts, _ in relay.messages)
+        assert all(b"could not be delivered" in data for _, _, data in relay.messages)
+    finally:
+        d.stop()
+        relay.stop()

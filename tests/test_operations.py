@@ -92,7 +92,8 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.org")]), False)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("mx.example.org"), x509.DNSName("localhost")]), False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
