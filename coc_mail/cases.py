@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from .app import App
@@ -42,26 +41,13 @@ RECEIVING = {Standing.NOTIFIED, Standing.CLEARED}
 CODE_NAME_TRIES = 20
 
 
-def open_case(app: App, session: Session, *, reporter: str | None, report: bytes) -> Case:
-    """Insert a new case with a fresh unique code name (retried on collision)."""
+def unused_code_name(session: Session) -> str:
+    """A fresh code name not used by any case so far (the unique constraint backs this up)."""
     for _ in range(CODE_NAME_TRIES):
         code_name = new_code_name()
-        case = Case(
-            code_name=code_name,
-            status=Status.NEW,
-            reporter_key=app.keys.tag("reporter", app.addresses.reporter_token(code_name)),
-            reporter=app.keys.seal_text(reporter, "cases.reporter") if reporter else None,
-            report=app.keys.seal(report, "cases.report"),
-        )
-        savepoint = session.begin_nested()
-        session.add(case)
-        try:
-            savepoint.commit()
-        except IntegrityError:
-            savepoint.rollback()
-            log.info("code name collision, drawing another")
-            continue
-        return case
+        if session.exec(select(Case.id).where(Case.code_name == code_name)).first() is None:
+            return code_name
+        log.info("code name collision, drawing another")
     raise RuntimeError("could not draw an unused code name")
 
 

@@ -25,18 +25,10 @@ from . import verdicts
 from .addresses import Addresses
 from .config import Settings
 from .errors import StoreUnavailable
+from .message import header_block
 from .spool import DiskFull, Envelope, Spool
 
 log = logging.getLogger(__name__)
-
-
-def header_block(content: bytes) -> bytes:
-    """The header section of a raw message (up to the first empty line)."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        end = content.find(sep)
-        if end != -1:
-            return content[: end + len(sep)]
-    return content
 
 
 class IntakeHandler:

@@ -1,10 +1,12 @@
-"""Queueing outbound copies: sign, seal, record the Message-ID for routing, all in the caller's
-transaction (so a copy exists exactly when the change that caused it is committed)."""
+"""Queueing outbound copies: build and sign them first (slow), then add them to the caller's
+transaction in one short write, so a copy exists exactly when the change that caused it is
+committed and no write lock is held while signing."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from email.utils import formataddr
 
 from sqlmodel import Session
@@ -12,70 +14,107 @@ from sqlmodel import Session
 from .addresses import Addresses
 from .app import App
 from .compose import new_message_id, text_message
-from .store import Outbound, SentCopy
+from .store import Case, Outbound, SentCopy
 
 log = logging.getLogger(__name__)
 
 
-def enqueue(
-    app: App,
-    session: Session,
-    *,
-    case_id: int | None,
-    role: str,
-    recipient: str,
-    build: Callable[[str], bytes],
-) -> str:
-    """Build (given a fresh Message-ID), sign and queue one copy; return its Message-ID.
+@dataclass
+class Pending:
+    """A signed copy waiting for its transaction."""
 
-    ``role`` says who the copy is for (a member handle, ``reporter`` or ``operator``); it is
-    stored sealed next to the Message-ID so replies and bounces find their case.
-    """
-    uid = Addresses.new_copy_uid()
-    message_id = new_message_id(app.domain)
-    signed = app.signer.sign(build(message_id))
-    session.add(
-        SentCopy(
-            uid=uid,
-            case_id=case_id,
-            message_id=message_id,
-            role=app.keys.seal_text(role, "sent_copies.role"),
+    uid: str
+    message_id: str
+    case: Case | None
+    role: str
+    recipient: str
+    signed: bytes
+
+
+@dataclass
+class Outbox:
+    """The copies one unit of work will queue; :meth:`write` adds them to the session."""
+
+    app: App
+    pending: list[Pending] = field(default_factory=list)
+
+    def queue(
+        self,
+        *,
+        case: Case | None,
+        role: str,
+        recipient: str,
+        build: Callable[[str], bytes],
+    ) -> str:
+        """Build (given a fresh Message-ID) and sign one copy now; return its Message-ID.
+
+        ``role`` says who the copy is for (a member handle, ``reporter`` or ``operator``); it
+        is stored sealed next to the Message-ID so replies and bounces find their case.
+        """
+        message_id = new_message_id(self.app.domain)
+        signed = self.app.signer.sign(build(message_id))
+        self.pending.append(
+            Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, signed)
         )
-    )
-    session.add(
-        Outbound(
-            uid=uid,
-            case_id=case_id,
-            envelope_from=app.addresses.bounce(uid),
-            recipient=app.keys.seal_text(recipient, "outbound.recipient"),
-            content=app.keys.seal(signed, "outbound.content"),
-        )
-    )
-    return message_id
+        return message_id
+
+    def write(self, session: Session) -> int:
+        """Add every pending copy to ``session`` (flushing first so new cases have ids)."""
+        if not self.pending:
+            return 0
+        session.flush()
+        keys = self.app.keys
+        for p in self.pending:
+            case_id = p.case.id if p.case is not None else None
+            session.add(
+                SentCopy(
+                    uid=p.uid,
+                    case_id=case_id,
+                    message_id=p.message_id,
+                    role=keys.seal_text(p.role, "sent_copies.role"),
+                )
+            )
+            session.add(
+                Outbound(
+                    uid=p.uid,
+                    case_id=case_id,
+                    envelope_from=self.app.addresses.bounce(p.uid),
+                    recipient=keys.seal_text(p.recipient, "outbound.recipient"),
+                    content=keys.seal(p.signed, "outbound.content"),
+                )
+            )
+        count = len(self.pending)
+        self.pending.clear()
+        return count
+
+    def notify_operators(self, subject: str, body: str) -> int:
+        """Queue a notice (no message content, no reporter address) to every operator."""
+        operators = self.app.settings.operators
+        if not operators:
+            log.warning("operator notice not sent: no member has the 'operator' role")
+            return 0
+        for member in operators:
+            self.queue(
+                case=None,
+                role="operator",
+                recipient=member.email,
+                build=lambda mid, m=member: text_message(  # type: ignore[misc]
+                    from_name=self.app.settings.committee.name,
+                    from_addr=self.app.alias,
+                    to=formataddr((m.name, m.email)),
+                    reply_to=self.app.addresses.member(m.handle),
+                    subject=f"[coc-mail] {subject}",
+                    body=body,
+                    message_id=mid,
+                    loop=self.app.alias,
+                ),
+            )
+        return len(operators)
 
 
 def notify_operators(app: App, session: Session, subject: str, body: str) -> int:
-    """Queue a notice (no message content, no reporter address) to every operator."""
-    operators = app.settings.operators
-    if not operators:
-        log.warning("operator notice not sent: no member has the 'operator' role")
-        return 0
-    for member in operators:
-        enqueue(
-            app,
-            session,
-            case_id=None,
-            role="operator",
-            recipient=member.email,
-            build=lambda mid, m=member: text_message(  # type: ignore[misc]
-                from_name=app.settings.committee.name,
-                from_addr=app.alias,
-                to=formataddr((m.name, m.email)),
-                reply_to=app.addresses.member(m.handle),
-                subject=f"[coc-mail] {subject}",
-                body=body,
-                message_id=mid,
-                loop=app.alias,
-            ),
-        )
-    return len(operators)
+    """Queue an operator notice in ``session`` right away (for callers outside a unit)."""
+    outbox = Outbox(app)
+    count = outbox.notify_operators(subject, body)
+    outbox.write(session)
+    return count

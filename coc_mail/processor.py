@@ -1,8 +1,10 @@
 """Processing the incoming queue: route each accepted message and apply it in one transaction.
 
-A row is claimed with a lease, handled, and deleted in the same transaction as the case
-change and the copies it queues, so a crash at any point either redoes the whole step or
-finds it done. A message that fails repeatedly is shunted (kept sealed, operator told).
+For each message: read and open the row, do the slow work (DKIM verification, rendering,
+signing) with no write lock held, then in one short transaction apply the case change, add
+the queued copies and delete the row. A crash at any point either redoes the whole step or
+finds it done. A message that keeps failing (not for a database outage) is shunted: kept
+sealed, the operators told, and retried by ``coc-mail queue --flush``.
 """
 
 from __future__ import annotations
@@ -10,92 +12,66 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import traceback
 from collections.abc import Callable
-from email import message_from_bytes, message_from_string
+from dataclasses import dataclass
 from email.message import Message
-from email.policy import compat32, default
-from email.utils import formataddr, parseaddr
+from email.utils import formataddr
 
 from sqlalchemy import or_
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, col, select
 
 from . import conflicts, dkim
 from .addresses import Kind, Recipient
 from .app import App
-from .cases import Standing, open_case, receiving_members, set_standing
+from .cases import Standing, receiving_members, set_standing, unused_code_name
 from .compose import forward_message, one_line, text_message
 from .config import Member
-from .intake import header_block
-from .outbox import enqueue, notify_operators
+from .message import Incoming
+from .outbox import Outbox
 from .spool import Envelope
 from .store import AckBudget, Case, Inbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-AUTO_HEADERS = (
-    "list-id",
-    "list-unsubscribe",
-    "x-autoreply",
-    "x-autorespond",
-    "x-auto-response-suppress",
-)
+DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
 
 
-class Incoming:
-    """One accepted message, parsed just enough to route it (headers via compat32: tolerant)."""
+def where(exc: BaseException) -> str:
+    """Where an exception was raised (file:line of the last frame) — never its message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
-    def __init__(self, envelope: Envelope, content: bytes) -> None:
-        self.envelope = envelope
-        self.content = content
-        head = header_block(content).decode("utf-8", "replace")
-        self.headers: Message = message_from_string(head, policy=compat32)
-        self.decoded: Message = message_from_string(head, policy=default)
-        name, address = parseaddr(self.header("From"))
-        self.from_name = one_line(name, 200)
-        self.from_address = address.strip().lower() if "@" in address else ""
-        self.subject = one_line(self.header("Subject"), 200)
-        self.message_id = one_line(self.header("Message-ID"), 900)
 
-    def header(self, name: str) -> str:
-        """A header's value with RFC 2047 words decoded; the raw value if it cannot be."""
-        try:
-            return str(self.decoded.get(name, ""))
-        except Exception:  # noqa: BLE001 - malformed headers must not stop routing
-            return str(self.headers.get(name, ""))
+@dataclass
+class Unit:
+    """One message's unit of work: the session it reads and writes, and the copies it queues."""
 
-    @property
-    def sender(self) -> str:
-        """Who a reply goes to: the From address, else the envelope sender."""
-        return self.from_address or self.envelope.mail_from.lower()
+    app: App
+    session: Session
+    msg: Incoming
+    outbox: Outbox
+    _verdict: dkim.Verdict | None = None
+    _verified: bool = False
 
-    def referenced_ids(self) -> list[str]:
-        ids: list[str] = []
-        for header in ("In-Reply-To", "References"):
-            for value in self.headers.get_all(header, []):
-                ids += [f"<{p.strip('<> ')}>" for p in str(value).split() if "@" in p]
-        return ids
-
-    def is_automatic(self) -> bool:
-        """Auto-replies, bounces and list mail never get an acknowledgment."""
-        if not self.envelope.mail_from:
-            return True
-        auto = str(self.headers.get("Auto-Submitted", "no")).strip().lower()
-        if auto and not auto.startswith("no"):
-            return True
-        precedence = str(self.headers.get("Precedence", "")).strip().lower()
-        if precedence in ("bulk", "list", "junk"):
-            return True
-        return any(h in (k.lower() for k in self.headers) for h in AUTO_HEADERS)
-
-    def cleaned_subject(self, code_name: str) -> str:
-        tag = f"[{code_name}]"
-        subject = self.subject.replace(tag, "").strip() or "(no subject)"
-        return f"{tag} {subject}"
+    def verdict(self) -> dkim.Verdict | None:
+        """The inbound DKIM verdict, computed once (a DNS lookup; no write lock is held)."""
+        if not self._verified:
+            self._verified = True
+            if self.app.settings.dkim.verify_inbound:
+                self._verdict = dkim.verify(
+                    self.msg.content, self.app.dnsfunc, self.app.settings.dkim.dns_timeout
+                )
+        return self._verdict
 
 
 class Processor:
-    """Claims incoming-queue rows and handles them; run by :meth:`run` in a thread."""
+    """Takes incoming-queue rows one by one and handles them; run by :meth:`run` in a thread."""
 
     def __init__(self, app: App, on_queued: Callable[[], None]) -> None:
         self.app = app
@@ -109,8 +85,11 @@ class Processor:
         while not self.stopping.is_set():
             try:
                 done = self.run_once()
-            except Exception:
-                log.exception("processor: cannot claim work")
+            except DB_TROUBLE as exc:
+                log.warning("processor: database unavailable (%s); retrying", type(exc).__name__)
+                done = 0
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                log.error("processor: unexpected %s at %s", type(exc).__name__, where(exc))
                 done = 0
             if not done:
                 self.wake.wait(poll)
@@ -124,21 +103,21 @@ class Processor:
         return handled
 
     def process_next(self) -> bool:
-        """Handle the oldest ready message in one transaction; False when there is none.
+        """Handle the oldest ready message; False when there is none.
 
-        The row is locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite)
-        for the whole transaction, so two daemons never handle the same message, and a daemon
-        that dies mid-way leaves the row to be handled again from scratch.
+        On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED`` for the whole unit, so two
+        daemons never handle the same message; SQLite has one daemon and one processor.
         """
         now = utcnow()
         row_id: int | None = None
         try:
-            with Session(self.app.engine) as session:
+            with Session(self.app.engine, autoflush=False) as session:
                 row = session.exec(
                     select(Inbound)
                     .where(col(Inbound.shunted).is_(False))
-                    .where(or_(col(Inbound.claimed_until).is_(None),
-                               col(Inbound.claimed_until) <= now))
+                    .where(
+                        or_(col(Inbound.claimed_until).is_(None), col(Inbound.claimed_until) <= now)
+                    )
                     .order_by(col(Inbound.id))
                     .limit(1)
                     .with_for_update(skip_locked=True)
@@ -148,13 +127,19 @@ class Processor:
                 row_id = row.id
                 envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
                 content = self.app.keys.open(row.content, "inbound.content")
-                self.handle(session, Incoming(envelope, content))
+                unit = Unit(self.app, session, Incoming(envelope, content), Outbox(self.app))
+                self.handle(unit)
+                unit.outbox.write(session)
                 session.delete(row)
                 session.commit()
+        except DB_TROUBLE:
+            raise  # not the message's fault: the loop waits and tries again, uncounted
         except Exception as exc:
             if row_id is None:
                 raise
-            log.exception("processor: inbound %d failed (%s)", row_id, type(exc).__name__)
+            log.error(
+                "processor: inbound %d failed: %s at %s", row_id, type(exc).__name__, where(exc)
+            )
             self._defer(row_id, exc)
             return True
         self.processed += 1
@@ -167,39 +152,57 @@ class Processor:
             if row is None:
                 return
             row.attempts += 1
-            row.error = type(exc).__name__[:200]
+            row.error = f"{type(exc).__name__} at {where(exc)}"[:200]
             row.claimed_until = utcnow() + dt.timedelta(seconds=30 * 2**row.attempts)
             if row.attempts >= MAX_ATTEMPTS:
                 row.shunted = True
-                notify_operators(
-                    self.app,
-                    session,
+                outbox = Outbox(self.app)
+                outbox.notify_operators(
                     "a message could not be processed",
                     f"Inbound message {row_id} failed {row.attempts} times ({row.error}).\n"
-                    "It is kept, encrypted, in the incoming queue; see `coc-mail queue`.\n",
+                    "It is kept, encrypted, in the incoming queue. `coc-mail queue --flush`\n"
+                    "retries it (after an upgrade that fixes the cause).\n",
                 )
+                outbox.write(session)
                 log.error("processor: inbound %d shunted after %d attempts", row_id, row.attempts)
             session.add(row)
             session.commit()
 
     # -- routing ----------------------------------------------------------------------------
-    def handle(self, session: Session, msg: Incoming) -> None:
-        """Route one message by the recipients it was accepted for."""
-        parsed = [self.app.addresses.parse(r) for r in msg.envelope.rcpt_tos]
-        recipients = [r for r in parsed if r is not None]
+    def handle(self, unit: Unit) -> None:
+        """Route one message by the distinct recipients it was accepted for.
+
+        Every target (a case, a member address, the alias) is handled once, however many of
+        the message's addresses lead to it.
+        """
+        seen: set[tuple[Kind, str, str]] = set()
+        recipients: list[Recipient] = []
+        for address in unit.msg.envelope.rcpt_tos:
+            r = self.app.addresses.parse(address)
+            if r is not None and (r.kind, r.value, r.token) not in seen:
+                seen.add((r.kind, r.value, r.token))
+                recipients.append(r)
+        done_cases: set[int] = set()
         new_report = [r for r in recipients if r.kind in (Kind.ALIAS, Kind.WITHOUT)]
         if new_report:
             without = [r.value for r in new_report if r.kind is Kind.WITHOUT]
-            self.to_alias(session, msg, without=without)
+            self.to_alias(unit, without, done_cases)
+        postmaster = False
         for r in recipients:
             if r.kind is Kind.REPORTER:
-                self.to_reporter_address(session, msg, r)
+                case = self.case_by_reporter_token(unit.session, r.token)
+                if case is None:
+                    log.info("reporter address of a case that no longer exists: dropped")
+                elif case.id not in done_cases:
+                    done_cases.add(int(case.id or 0))
+                    self.reporter_correspondence(unit, case)
             elif r.kind in (Kind.CASE, Kind.MEMBER):
-                self.to_member_address(session, msg, r)
+                self.to_member_address(unit, r)
             elif r.kind is Kind.BOUNCE:
-                self.to_bounce_address(session, msg, r)
-            elif r.kind is Kind.POSTMASTER:
-                self.to_postmaster(session, msg)
+                self.to_bounce_address(unit, r)
+            elif r.kind is Kind.POSTMASTER and not postmaster:
+                postmaster = True
+                self.to_postmaster(unit)
 
     def case_of_reply(self, session: Session, msg: Incoming) -> Case | None:
         ids = msg.referenced_ids()
@@ -212,26 +215,36 @@ class Processor:
         ).first()
         return session.get(Case, copy.case_id) if copy else None
 
+    def case_by_reporter_token(self, session: Session, token: str) -> Case | None:
+        tag = self.app.keys.tag("reporter", token)
+        return session.exec(select(Case).where(Case.reporter_key == tag)).first()
+
     # -- new reports ------------------------------------------------------------------------
-    def to_alias(self, session: Session, msg: Incoming, without: list[str]) -> None:
-        case = self.case_of_reply(session, msg)
-        if case is not None:
-            member = self.app.settings.member_by_email(msg.sender)
-            if member is None:
-                self.reporter_correspondence(session, case, msg)
-            else:
-                self.member_mail(session, case, member, msg)
+    def to_alias(self, unit: Unit, without: list[str], done_cases: set[int]) -> None:
+        case = self.case_of_reply(unit.session, unit.msg)
+        if case is None:
+            self.new_case(unit, without)
             return
-        self.new_case(session, msg, without)
+        done_cases.add(int(case.id or 0))
+        member = self.app.settings.member_by_email(unit.msg.sender)
+        if member is None:
+            self.reporter_correspondence(unit, case)
+        else:
+            self.member_wrote_to_alias(unit, case, member)
 
-    def verdict(self, msg: Incoming) -> dkim.Verdict | None:
-        if not self.app.settings.dkim.verify_inbound:
-            return None
-        return dkim.verify(msg.content, self.app.dnsfunc, self.app.settings.dkim.dns_timeout)
-
-    def new_case(self, session: Session, msg: Incoming, without: list[str]) -> None:
+    def new_case(self, unit: Unit, without: list[str]) -> None:
+        msg, session = unit.msg, unit.session
         reporter = msg.sender or None
-        case = open_case(self.app, session, reporter=reporter, report=msg.content)
+        verdict = unit.verdict()  # slow work first, before anything is written
+        case = Case(
+            code_name=unused_code_name(session),
+            reporter_key="",
+            reporter=self.app.keys.seal_text(reporter, "cases.reporter") if reporter else None,
+            report=self.app.keys.seal(msg.content, "cases.report"),
+        )
+        case.reporter_key = self.app.keys.tag(
+            "reporter", self.app.addresses.reporter_token(case.code_name)
+        )
         decision = conflicts.intake(
             self.app.settings,
             reporter_address=reporter,
@@ -241,18 +254,19 @@ class Processor:
         recipients = decision.recipients or [
             m for m in self.app.settings.members if m not in decision.excluded
         ]
+        intro = self.intake_intro(case, verdict)
+        for member in recipients:
+            self.forward(unit, case, member, intro)
+        if reporter and not msg.is_automatic() and self.ack_allowed(session, reporter):
+            self.acknowledge(unit, case, reporter)
+        session.add(case)
+        session.flush()  # the write transaction starts here: everything slow is done
         for member in decision.excluded:
             set_standing(self.app, session, case, member.handle, Standing.EXCLUDED)
         for member in recipients:
             set_standing(self.app, session, case, member.handle, Standing.NOTIFIED)
-        verdict = self.verdict(msg)
-        intro = self.intake_intro(case, verdict)
-        for member in recipients:
-            self.forward(session, case, member, msg, intro, verdict)
         if not recipients:
             log.error("case %s: every member is excluded; nobody received it", case.code_name)
-        if reporter and not msg.is_automatic() and self.ack_allowed(session, reporter):
-            self.acknowledge(session, case, reporter, msg)
         log.info(
             "case %s opened: %d recipient(s), %d excluded",
             case.code_name,
@@ -267,12 +281,7 @@ class Processor:
             f"opened {case.opened_at:%Y-%m-%d %H:%M} UTC. The report is attached, unaltered.",
             "",
         ]
-        if verdict is not None and verdict.result in ("fail", "permerror"):
-            lines += [
-                f"WARNING: the sender's DKIM signature did not verify (dkim={verdict.result}).",
-                "The sender address may be forged; be careful before replying to it.",
-                "",
-            ]
+        lines += self.dkim_warning(verdict)
         lines += [
             "Reply to this message to write to the case. Nothing is archived.",
             "To start the conflict check, name the reported person:  /involves NAME",
@@ -280,21 +289,24 @@ class Processor:
         ]
         return "\n".join(lines) + "\n"
 
-    def forward(
-        self,
-        session: Session,
-        case: Case,
-        member: Member,
-        msg: Incoming,
-        intro: str,
-        verdict: dkim.Verdict | None,
-    ) -> None:
+    @staticmethod
+    def dkim_warning(verdict: dkim.Verdict | None) -> list[str]:
+        if verdict is None or verdict.result not in ("fail", "permerror"):
+            return []
+        return [
+            f"WARNING: the sender's DKIM signature did not verify (dkim={verdict.result}).",
+            "The sender address may be forged; be careful before replying to it.",
+            "",
+        ]
+
+    def forward(self, unit: Unit, case: Case, member: Member, intro: str) -> None:
+        """Queue a copy of the incoming message, attached unaltered, for one member."""
         committee = self.app.settings.committee
+        verdict = unit.verdict()
         auth = verdict.header_value(self.app.settings.server.hostname) if verdict else None
-        enqueue(
-            self.app,
-            session,
-            case_id=case.id,
+        msg = unit.msg
+        unit.outbox.queue(
+            case=case,
             role=member.handle,
             recipient=member.email,
             build=lambda mid: forward_message(
@@ -323,18 +335,13 @@ class Processor:
         session.add(row)
         return row.count <= limit
 
-    def acknowledge(self, session: Session, case: Case, reporter: str, msg: Incoming) -> None:
+    def acknowledge(self, unit: Unit, case: Case, reporter: str) -> None:
         committee = self.app.settings.committee
-        rendered = self.app.templates.render(
-            "acknowledgment",
-            committee=committee,
-            case=case,
-        )
+        msg = unit.msg
+        rendered = self.app.templates.render("acknowledgment", committee=committee, case=case)
         subject = rendered.subject or f"Re: {msg.subject or 'your report'}"
-        enqueue(
-            self.app,
-            session,
-            case_id=case.id,
+        unit.outbox.queue(
+            case=case,
             role="reporter",
             recipient=reporter,
             build=lambda mid: text_message(
@@ -352,40 +359,34 @@ class Processor:
         )
 
     # -- mail about an existing case --------------------------------------------------------
-    def reporter_correspondence(self, session: Session, case: Case, msg: Incoming) -> None:
+    def reporter_correspondence(self, unit: Unit, case: Case) -> None:
         """Mail from the reporter (or anyone replying as them): to the receiving members."""
-        verdict = self.verdict(msg)
-        intro = (
-            f'The reporter of case "{case.code_name}" wrote again; their message is attached.\n'
-            "Reply to this message to write to the case (not to the reporter).\n"
-        )
-        for handle in receiving_members(self.app, session, case):
+        intro_lines = [
+            f'The reporter of case "{case.code_name}" wrote again; their message is attached.',
+            "Reply to this message to write to the case (not to the reporter).",
+            "",
+            *self.dkim_warning(unit.verdict()),
+        ]
+        intro = "\n".join(intro_lines).rstrip("\n") + "\n"
+        for handle in receiving_members(self.app, unit.session, case):
             member = self.app.settings.member_by_handle(handle)
             if member is not None:
-                self.forward(session, case, member, msg, intro, verdict)
+                self.forward(unit, case, member, intro)
         case.updated_at = utcnow()
-        session.add(case)
+        unit.session.add(case)
         log.info("case %s: reporter correspondence forwarded", case.code_name)
 
-    def to_reporter_address(self, session: Session, msg: Incoming, r: Recipient) -> None:
-        tag = self.app.keys.tag("reporter", r.token)
-        case = session.exec(select(Case).where(Case.reporter_key == tag)).first()
-        if case is None:
-            log.info("reporter address of a case that no longer exists: dropped")
-            return
-        self.reporter_correspondence(session, case, msg)
-
-    def to_member_address(self, session: Session, msg: Incoming, r: Recipient) -> None:
-        member = self.authenticated_member(msg, r)
+    def to_member_address(self, unit: Unit, r: Recipient) -> None:
+        member = self.authenticated_member(unit.msg, r)
         if member is None:
             log.warning("member address used by a sender who is not that member: ignored")
             return
         case = None
         if r.kind is Kind.CASE:
-            case = session.exec(select(Case).where(Case.code_name == r.value)).first()
-        if case is None and r.kind is Kind.CASE:
-            return
-        self.member_mail(session, case, member, msg)
+            case = unit.session.exec(select(Case).where(Case.code_name == r.value)).first()
+            if case is None:
+                return
+        self.member_mail(unit, case, member)
 
     def authenticated_member(self, msg: Incoming, r: Recipient) -> Member | None:
         """The member whose token this is, if the sender is that member too (SPEC 1.5)."""
@@ -398,32 +399,46 @@ class Processor:
                 return member if msg.from_address == member.email else None
         return None
 
-    def member_mail(
-        self, session: Session, case: Case | None, member: Member, msg: Incoming
-    ) -> None:
+    def member_wrote_to_alias(self, unit: Unit, case: Case, member: Member) -> None:
+        """A member replied to the alias about a case: not authenticated by a token, so
+        nothing is done; the member is told to use their case address."""
+        self.reply_to_member(
+            unit,
+            case,
+            member,
+            "Your message to the committee address was not relayed to the case: it carried no\n"
+            "case address. Reply to a message from the case instead (its Reply-To: is your own\n"
+            "address for the case).\n",
+        )
+
+    def member_mail(self, unit: Unit, case: Case | None, member: Member) -> None:
         """A member's mail to a case or to their own address: answered, never stored.
 
         Case threads and commands are the next piece of work (see README, "Status"); until
         they land the member is told so, and nothing is relayed.
         """
-        committee = self.app.settings.committee
         what = f'case "{case.code_name}"' if case else "your member address"
-        body = (
+        self.reply_to_member(
+            unit,
+            case,
+            member,
             f"Your message to {what} was received but not relayed: case threads and\n"
             "commands are not available in this version of coc-mail yet. Write to the other\n"
-            "members directly for now.\n"
+            "members directly for now.\n",
         )
-        enqueue(
-            self.app,
-            session,
-            case_id=case.id if case else None,
+
+    def reply_to_member(self, unit: Unit, case: Case | None, member: Member, body: str) -> None:
+        committee = self.app.settings.committee
+        msg = unit.msg
+        unit.outbox.queue(
+            case=case,
             role=member.handle,
             recipient=member.email,
             build=lambda mid: text_message(
                 from_name=committee.name,
                 from_addr=self.app.alias,
                 to=formataddr((member.name, member.email)),
-                reply_to=None,
+                reply_to=self.app.addresses.case(case.code_name, member.handle) if case else None,
                 subject=f"Re: {msg.subject}" if msg.subject else "coc-mail",
                 body=body,
                 message_id=mid,
@@ -433,36 +448,32 @@ class Processor:
         )
 
     # -- bounces and role addresses ---------------------------------------------------------
-    def to_bounce_address(self, session: Session, msg: Incoming, r: Recipient) -> None:
-        copy = session.get(SentCopy, r.value)
-        status = dsn_status(msg.content)
+    def to_bounce_address(self, unit: Unit, r: Recipient) -> None:
+        copy = unit.session.get(SentCopy, r.value)
+        status = dsn_status(unit.msg.parsed())
         if copy is None:
             log.info("bounce for an unknown or expired copy: dropped")
             return
         role = self.app.keys.open_text(copy.role, "sent_copies.role")
-        case = session.get(Case, copy.case_id) if copy.case_id else None
+        if role == "operator":
+            log.warning("an operator notice bounced (status %s)", status or "?")
+            return
+        case = unit.session.get(Case, copy.case_id) if copy.case_id else None
         who = "the reporter" if role == "reporter" else role
-        where = f' of case "{case.code_name}"' if case else ""
-        log.warning(
-            "bounce for a copy%s (status %s)",
-            f" of case {case.code_name}" if case else "",
-            status or "?",
-        )
-        notify_operators(
-            self.app,
-            session,
+        place = f' of case "{case.code_name}"' if case else ""
+        log.warning("bounce for a copy%s (status %s)", place, status or "?")
+        unit.outbox.notify_operators(
             "a copy bounced",
-            f"A copy{where} for {who} was returned by the receiving mail server\n"
+            f"A copy{place} for {who} was returned by the receiving mail server\n"
             f"(status {status or 'unknown'}). Check that address.\n",
         )
 
-    def to_postmaster(self, session: Session, msg: Incoming) -> None:
+    def to_postmaster(self, unit: Unit) -> None:
+        msg = unit.msg
         targets = self.app.settings.operators or self.app.settings.members
         for member in targets:
-            enqueue(
-                self.app,
-                session,
-                case_id=None,
+            unit.outbox.queue(
+                case=None,
                 role="operator",
                 recipient=member.email,
                 build=lambda mid, m=member: forward_message(  # type: ignore[misc]
@@ -480,9 +491,8 @@ class Processor:
             )
 
 
-def dsn_status(content: bytes) -> str:
+def dsn_status(parsed: Message) -> str:
     """The first ``Status:`` of a delivery status notification (RFC 3464), if any."""
-    parsed = message_from_bytes(content, policy=compat32)
     for part in parsed.walk():
         if part.get_content_type() == "message/delivery-status":
             payload = part.get_payload()

@@ -195,7 +195,8 @@ class Daemon:
         new = self.outbox / "new"
         if not new.exists():
             return []
-        return [Copy(p.read_bytes()) for p in sorted(new.iterdir())]
+        files = sorted(new.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [Copy(p.read_bytes()) for p in files]
 
     def wait_delivered(self, count: int, timeout: float = 20.0) -> list[Copy]:
         def enough() -> list[Copy] | None:
