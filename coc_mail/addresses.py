@@ -100,6 +100,8 @@ class Addresses:
     def parse(self, address: str) -> Recipient | None:
         """Classify an address; ``None`` when it is not one of ours (or a bad token)."""
         local, at, domain = address.strip().strip("<>").lower().rpartition("@")
+        if not at and domain == "postmaster":  # RFC 5321 4.5.1: <Postmaster> alone
+            return Recipient(Kind.POSTMASTER)
         if not at or domain != self.domain:
             return None
         if local in ("postmaster", "abuse"):

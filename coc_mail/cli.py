@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
 from . import config as config_mod
 from . import dkim
@@ -178,8 +178,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
     app = build(settings)
     if args.flush:
         count = retry_now(app, clear_claims=False)
+        with Session(app.engine) as session:
+            shunted = session.exec(
+                update(Inbound)
+                .where(col(Inbound.shunted).is_(True))
+                .values(shunted=False, attempts=0, claimed_until=None)
+            ).rowcount
+            session.commit()
         _signal(settings, signal.SIGUSR1, quiet=True)
-        print(f"{count} waiting copies will be retried now")
+        print(f"{count} waiting copies will be retried now; {shunted} shunted message(s) "
+              "go back to processing")
         return 0
     now = utcnow()
     with Session(app.engine) as session:
@@ -279,8 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aiosmtpd's own log ("mail.log") writes envelopes and DATA lines: never below WARNING.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     if not args.verbose:
-        for noisy in ("mail.log", "alembic", "aiosmtplib"):
+        for noisy in ("alembic", "aiosmtplib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy.engine import make_url
 from sqlmodel import Session, update
 
 from . import config as config_mod
@@ -33,7 +34,10 @@ def _lock(settings: Settings) -> IO[str] | None:
     url = settings.database_url
     if not url.startswith("sqlite"):
         return None
-    path = Path(settings.server.pid_file).with_suffix(".lock")
+    database = make_url(url).database or ""
+    path = Path(database + ".lock") if database and database != ":memory:" else Path(
+        settings.server.pid_file
+    ).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("w")
     try:
@@ -120,9 +124,11 @@ class Daemon:
         self.processor.stopping.set()
         self.processor.wake.set()
         await asyncio.to_thread(worker.join, 30)
-        delivery.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await delivery
+        self.deliverer.stop()  # copies being sent are finished and recorded, up to 30 s
+        try:
+            await asyncio.wait_for(delivery, 30)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("stopping: copies still in flight are left to the next start")
         log.info("stopped")
 
 

@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -178,6 +179,7 @@ class Deliverer:
         self.delivered = 0
         self.deferred = 0
         self.in_flight: set[int] = set()
+        self.stopping = False
 
     # -- queue operations (sync, run in a thread) ---------------------------------------------
     def claim(self, limit: int) -> list[Claimed]:
@@ -295,57 +297,77 @@ class Deliverer:
 
     # -- the loop -----------------------------------------------------------------------------
     async def deliver(self, copy: Claimed) -> None:
-        self.in_flight.add(copy.id)
         try:
-            try:
-                await self.transport.send(
-                    copy.uid, copy.envelope_from, copy.recipient, copy.content
-                )
-            except DeliveryError as exc:
-                self.deferred += 1
-                await asyncio.to_thread(self.failed, copy, exc)
-                return
-            await asyncio.to_thread(self.done, copy)
-        finally:
-            self.in_flight.discard(copy.id)
+            await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, copy.content)
+        except DeliveryError as exc:
+            self.deferred += 1
+            await self._record(self.failed, copy, exc)
+            return
         self.delivered += 1
-        log.info("delivery: copy %s delivered", copy.uid)
+        if await self._record(self.done, copy):
+            log.info("delivery: copy %s delivered", copy.uid)
+        else:
+            log.error("delivery: copy %s delivered but not recorded; it may be sent again",
+                      copy.uid)
+
+    async def _record(self, func: Callable[..., None], *args: object) -> bool:
+        """Run a queue update, retrying a few times through a busy or restarting database."""
+        for attempt in range(6):
+            try:
+                await asyncio.to_thread(func, *args)
+                return True
+            except Exception as exc:  # noqa: BLE001 - retried, then left to the lease
+                log.warning("delivery: queue update failed (%s), retrying", type(exc).__name__)
+                await asyncio.sleep(0.2 * 2**attempt)
+        return False
 
     async def _deliver_all(self, batch: list[Claimed], workers: int) -> None:
         sem = asyncio.Semaphore(workers)
 
         async def one(c: Claimed) -> None:
-            async with sem:
-                await self.deliver(c)
+            try:
+                async with sem:
+                    await self.deliver(c)
+            finally:
+                self.in_flight.discard(c.id)
 
         await asyncio.gather(*(one(c) for c in batch))
+
+    def stop(self) -> None:
+        """Claim nothing more; :meth:`run` returns once the copies in hand are done."""
+        self.stopping = True
+        self.wake.set()
 
     async def run(self, poll: float = 2.0) -> None:
         workers = self.app.settings.delivery.workers
         renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
         try:
-            await self._loop(workers, poll)
+            while not self.stopping:
+                await self._step(workers, poll)
         finally:
             renewer.cancel()
 
-    async def _loop(self, workers: int, poll: float) -> None:
-        while True:
+    async def _step(self, workers: int, poll: float) -> None:
+        try:
+            batch = await asyncio.to_thread(self.claim, workers * 4)
+        except Exception as exc:  # noqa: BLE001 - database down: retry soon
+            log.warning("delivery: cannot claim copies (%s)", type(exc).__name__)
+            batch = []
+        if batch:
+            self.in_flight.update(c.id for c in batch)  # leases renewed from now on
             try:
-                batch = await asyncio.to_thread(self.claim, workers * 4)
-            except Exception:
-                log.exception("delivery: cannot claim copies")
-                batch = []
-            if batch:
                 await self._deliver_all(batch, workers)
-                continue
-            try:
-                due = await asyncio.to_thread(self.next_due)
-            except Exception:  # noqa: BLE001
-                due = None
-            wait = poll if due is None else min(poll, max(due, 0.05))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=wait)
-            self.wake.clear()
+            except Exception as exc:  # noqa: BLE001 - the worker must never die
+                log.error("delivery: unexpected %s", type(exc).__name__)
+            return
+        try:
+            due = await asyncio.to_thread(self.next_due)
+        except Exception:  # noqa: BLE001
+            due = None
+        wait = poll if due is None else min(poll, max(due, 0.05))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=wait)
+        self.wake.clear()
 
 
 def retry_now(app: App, *, clear_claims: bool) -> int:

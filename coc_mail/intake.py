@@ -71,7 +71,8 @@ class IntakeHandler:
             log.warning("rcpt: lookup failed: %s", type(exc).__name__)
             return verdicts.TEMP_STORE
         if reply.startswith("250"):
-            envelope.rcpt_tos.append(address)
+            if address.lower() not in (a.lower() for a in envelope.rcpt_tos):
+                envelope.rcpt_tos.append(address)  # a repeated RCPT is accepted once
         else:
             peer = session.peer[0] if session.peer else "?"
             log.info("rcpt: refused %s from %s", reply[:9], peer)
@@ -82,6 +83,8 @@ class IntakeHandler:
             return verdicts.SHUTTING_DOWN
         content: bytes = envelope.original_content or b""
         head = header_block(content)
+        if len(head) > verdicts.MAX_HEADER_BYTES:
+            return verdicts.HEADERS_TOO_BIG.format(limit=verdicts.MAX_HEADER_BYTES)
         headers = BytesHeaderParser(policy=compat32).parsebytes(head)
         if not headers.keys():
             return verdicts.NO_HEADERS
@@ -111,6 +114,12 @@ class IntakeHandler:
             len(spooled.rcpt_tos),
         )
         return verdicts.QUEUED.format(id=queue_id)
+
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a session: a temporary failure, logged without content."""
+        log.error("smtp: unexpected %s", type(error).__name__)
+        return verdicts.UNEXPECTED
 
 
 class BoundedSMTP(SMTP):

@@ -126,11 +126,16 @@ def make_engine(url: str) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 10}, pool_size=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            pool_size=8,
+            hide_parameters=True,  # errors never quote values into logs
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True
+    )
 
 
 def migrate(engine: Engine) -> None:

@@ -19,6 +19,9 @@ QUEUED = "250 2.0.0 Ok: queued as {id}"
 TEMP_STORE = "451 4.3.0 Temporary failure: cannot store the message now, try again later"
 DISK_FULL = "452 4.3.1 Insufficient system storage, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+HEADERS_TOO_BIG = "552 5.3.4 Message header section too big (limit {limit} bytes)"
+UNEXPECTED = "451 4.3.0 Temporary local problem, try again later"
+MAX_HEADER_BYTES = 256 * 1024
 
 MAX_RECIPIENTS = 50
 MAX_HOPS = 50
@@ -33,6 +36,8 @@ def rcpt_verdict(
     ``session`` is needed only for case and reporter addresses (a database lookup).
     """
     _, at, domain = address.rpartition("@")
+    if not at and address.strip("<> ").lower() == "postmaster":  # RFC 5321 4.5.1
+        return OK_RCPT, Recipient(Kind.POSTMASTER)
     if not at or not addresses.is_ours(domain):
         return RELAY_DENIED.format(domain=addresses.domain), None
     recipient = addresses.parse(address)

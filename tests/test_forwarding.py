@@ -187,3 +187,36 @@ def test_loop_is_refused(sqlite_daemon: Daemon) -> None:
     with pytest.raises(smtplib.SMTPDataError) as err:
         sqlite_daemon.send(hops)
     assert err.value.smtp_code == 554
+
+
+def test_huge_header_section_refused(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    d = Daemon(tmp_path, sqlite_url, extra={"server": {"max_message_bytes": 2_000_000}})
+    d.start()
+    try:
+        _huge_header_section_refused(d)
+    finally:
+        d.stop()
+
+
+def _huge_header_section_refused(sqlite_daemon: Daemon) -> None:
+    raw = b"From: r@example.com\r\nSubject: x\r\n" + b"X-Junk: " + b"a" * 100 + b"\r\n"
+    raw = raw + b"".join(b"X-Junk-%d: %s\r\n" % (i, b"b" * 900) for i in range(300))
+    raw += b"\r\nbody\r\n"
+    with sqlite_daemon.smtp() as s:
+        s.ehlo()
+        s.mail("r@example.com")
+        s.rcpt(ALIAS)
+        code, text = s.data(raw)
+    assert code == 552 and b"header section too big" in text
+    sqlite_daemon.send(make_report())  # and the next report still goes through
+    sqlite_daemon.wait_delivered(4)
+
+
+def test_repeated_recipients_give_one_copy_each(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    d.send(make_report(), to=[ALIAS, "CONDUCT@example.org", ALIAS])
+    d.wait_delivered(4)
+    with d.smtp() as s:  # <Postmaster> without a domain is accepted (RFC 5321 4.5.1)
+        s.ehlo()
+        s.mail("someone@example.com")
+        assert s.rcpt("<Postmaster>")[0] == 250

@@ -117,3 +117,17 @@ def test_member_mail_to_a_case_address_is_answered_not_relayed(sqlite_daemon: Da
     d.send(forged, sender="mallory@example.com", to=[case_address])
     wait_for(lambda: "not that member" in d.log_text(), 10, "forgery logged")
     assert len(d.delivered()) == 5
+
+
+def test_reply_to_both_reporter_address_and_alias_is_forwarded_once(
+    sqlite_daemon: Daemon,
+) -> None:
+    d = sqlite_daemon
+    d.send(make_report())
+    ack = by_recipient(d.wait_delivered(4))["reporter@example.com"][0]
+    reporter_address = ack["Reply-To"].addresses[0].addr_spec
+    reply = make_report(subject="More", In_Reply_To=str(ack["Message-ID"]))
+    d.send(reply, to=[reporter_address, "conduct@example.org"])
+    got = by_recipient(d.wait_delivered(7))
+    assert all(len(got[m]) == 2 for m in ("ada@example.net", "grace@example.net",
+                                          "linus@example.net"))
