@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from .app import App
 from .codenames import new_code_name
-from .store import Case, CaseMember, utcnow
+from .store import Case, CaseMember, CodeName, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ def unused_code_name(session: Session) -> str:
     """A fresh code name not used by any case so far (the unique constraint backs this up)."""
     for _ in range(CODE_NAME_TRIES):
         code_name = new_code_name()
-        if session.exec(select(Case.id).where(Case.code_name == code_name)).first() is None:
+        if session.get(CodeName, code_name) is None and session.exec(
+            select(Case.id).where(Case.code_name == code_name)
+        ).first() is None:
+            session.add(CodeName(name=code_name))
             return code_name
         log.info("code name collision, drawing another")
     raise RuntimeError("could not draw an unused code name")
@@ -59,7 +62,11 @@ def set_standing(app: App, session: Session, case: Case, handle: str, standing: 
     """Apply a member-in-case transition (creating the row on first sight)."""
     assert case.id is not None
     tag = member_tag(app, handle)
-    row = session.get(CaseMember, (case.id, tag))
+    row = next(
+        (o for o in session.new
+         if isinstance(o, CaseMember) and o.case_id == case.id and o.member_tag == tag),
+        None,
+    ) or session.get(CaseMember, (case.id, tag))
     if row is None:
         session.add(CaseMember(case_id=case.id, member_tag=tag, state=standing))
     else:
@@ -74,6 +81,9 @@ def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:
         r.member_tag: r.state
         for r in session.exec(select(CaseMember).where(CaseMember.case_id == case.id))
     }
+    for o in session.new:  # changes of this unit not yet flushed
+        if isinstance(o, CaseMember) and o.case_id == case.id:
+            rows[o.member_tag] = o.state
     result: dict[str, Standing] = {}
     for member in app.settings.members:
         state = rows.get(member_tag(app, member.handle))
@@ -83,5 +93,7 @@ def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:
 
 
 def receiving_members(app: App, session: Session, case: Case) -> list[str]:
-    """Handles of the members who receive case mail now."""
-    return [h for h, s in standings(app, session, case).items() if s in RECEIVING]
+    """Handles of the members who receive case mail now: while the case is New, those who
+    got the report at intake; from the conflict check on, the cleared members only."""
+    wanted = RECEIVING if case.status == Status.NEW else {Standing.CLEARED}
+    return [h for h, s in standings(app, session, case).items() if s in wanted]

@@ -19,6 +19,7 @@ from . import config as config_mod
 from . import dkim
 from .config import Settings
 from .errors import CocMailError
+from .store import Case
 
 log = logging.getLogger("coc_mail")
 
@@ -150,7 +151,7 @@ def cmd_dkim_txt(args: argparse.Namespace) -> int:
 
 def cmd_cases(args: argparse.Namespace) -> int:
     from .app import build
-    from .store import Case
+
 
     app = build(_settings(args))
     with Session(app.engine) as session:
@@ -212,6 +213,93 @@ def cmd_queue(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _case(session: Session, code_name: str) -> Case:
+
+
+    name = " ".join(code_name.replace("-", " ").split()).lower()
+    case = session.exec(select(Case).where(Case.code_name == name)).first()
+    if case is None:
+        raise CocMailError(f"no case named {code_name!r} (see `coc-mail cases`)")
+    return case
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+    from .app import build
+
+    app = build(_settings(args))
+    with Session(app.engine) as session:
+        cases = status.cases(session)
+        data = status.render([status.row_of(app, c) for c in cases], args.format)
+        found = status.warnings(app, session, cases)
+    if args.output:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({len(cases)} cases)", file=sys.stderr)
+    elif args.format == "xlsx":
+        raise CocMailError("xlsx is binary: give --output FILE.xlsx")
+    else:
+        sys.stdout.write(data.decode())
+    for w in found:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_case_show(args: argparse.Namespace) -> int:
+    from . import document
+    from .app import build
+    from .cases import receiving_members
+
+    settings = _settings(args)
+    member = settings.member_by_email(args.as_member)
+    if member is None:
+        raise CocMailError(f"--as {args.as_member}: not a member in {settings.source}")
+    app = build(settings)
+    with Session(app.engine) as session:
+        case = _case(session, args.code_name)
+        if member.handle not in receiving_members(app, session, case):
+            print(f"refused: {member.name} is not cleared for case {case.code_name!r}",
+                  file=sys.stderr)
+            return 3
+        sys.stdout.write(document.render(app.keys, session, case))
+        from . import audit
+
+        audit.record(app.keys, session, case.code_name, member.handle,
+                     "document read (case show)")
+        session.commit()
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from .app import build
+    from .reminders import tick
+
+    settings = _settings(args)
+    if not settings.cases.purge_after_days:
+        print("cases.purge_after_days is 0: resolved documents are kept; nothing purged")
+        return 0
+    count = tick(build(settings), only_purge=True)
+    print(f"{count} document(s) purged")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import audit
+    from .app import build
+
+    app = build(_settings(args))
+    with Session(app.engine) as session:
+        name = " ".join(args.code_name.replace("-", " ").split()).lower()
+        lines, intact = audit.verify(app.keys, session, name)
+    if not lines:
+        raise CocMailError(f"no audit entries for {args.code_name!r}")
+    for line in lines:
+        mark = "" if line.ok else "   <-- BROKEN LINK"
+        print(f"{line.at}  {line.actor:<12} {line.action}{mark}")
+    print(f"-- {len(lines)} entries; chain {'verified' if intact else 'BROKEN'}",
+          file=sys.stderr)
+    return 0 if intact else 4
 
 
 def _signal(settings: Settings, sig: signal.Signals, *, quiet: bool = False) -> int:
@@ -278,6 +366,19 @@ def parser() -> argparse.ArgumentParser:
     q = add("queue", cmd_queue, "list copies waiting for delivery (no content)")
     q.add_argument("--flush", action="store_true", help="retry every waiting copy now")
     add("reload", cmd_reload, "make the running daemon re-read its configuration (SIGHUP)")
+    st = add("status", cmd_status, "the status sheet of all cases (the procedure's columns)")
+    st.add_argument("--format", choices=["csv", "xlsx", "md"], default="md")
+    st.add_argument("--output", "-o", metavar="FILE", help="write to FILE (needed for xlsx)")
+    cs = add("case", lambda a: _usage(cs), "one case")
+    csub = cs.add_subparsers(dest="case_command", metavar="ACTION")
+    show = csub.add_parser("show", help="print a case document for a cleared member")
+    show.add_argument("code_name", metavar="CODE-NAME", help='e.g. home-shelf or "home shelf"')
+    show.add_argument("--as", dest="as_member", required=True, metavar="MEMBER-EMAIL",
+                      help="the member reading it; refused unless cleared for the case")
+    show.set_defaults(func=cmd_case_show)
+    add("purge", cmd_purge, "purge resolved documents older than cases.purge_after_days now")
+    au = add("audit", cmd_audit, "print a case's audit log and verify its hash chain")
+    au.add_argument("code_name", metavar="CODE-NAME")
     return p
 
 

@@ -236,3 +236,52 @@ def forward_message(
     )
     header_bytes = b"".join(SMTP.fold_binary(name, value) for name, value in head.items())
     return header_bytes + b"\r\n" + body
+
+
+MIME_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
+
+
+def relay_message(
+    *,
+    original: bytes,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str,
+    subject: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+) -> bytes:
+    """A member's post as relayed to another member: our headers, the post's MIME body as is.
+
+    Every header of the original except its MIME structure is dropped, so nothing of the
+    author's address or path travels with the post.
+    """
+    original = crlf(original)
+    end = original.find(b"\r\n\r\n")
+    head, body = (original, b"") if end == -1 else (original[:end + 2], original[end + 4:])
+    kept: list[bytes] = []
+    current: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
+                in MIME_HEADERS:
+            kept.extend(current)
+        current = [line] if line else []
+    if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
+            in MIME_HEADERS:
+        kept.extend(current)
+    msg = EmailMessage(policy=SMTP)
+    _base_headers(
+        msg, from_name=from_name, from_addr=from_addr, to=to, reply_to=reply_to,
+        subject=subject, message_id=message_id, loop=loop, in_reply_to=in_reply_to,
+    )
+    if not kept:
+        kept = [b"Content-Type: text/plain; charset=utf-8"]
+    if not any(k.lower().startswith(b"mime-version") for k in kept):
+        kept.append(b"MIME-Version: 1.0")
+    ours = b"".join(SMTP.fold_binary(n, v) for n, v in msg.items())
+    return ours + b"\r\n".join(kept) + b"\r\n\r\n" + body

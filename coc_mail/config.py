@@ -212,6 +212,7 @@ class Intake(_Section):
 
     forward: Literal["all", "triage"] = "all"
     conflict_check_hours: float = Field(default=48, gt=0)
+    conflict_check_reminder: bool = True
     acknowledgments_per_day: int = Field(default=3, ge=0)
 
 
@@ -220,6 +221,9 @@ class Cases(_Section):
 
     purge_after_days: int = Field(default=0, ge=0)
     stale_days: int = Field(default=14, ge=0)
+    remind_unchecked_hours: float = Field(default=24, ge=0)
+    remind_followup_days: float = Field(default=7, ge=0)
+    check_interval_seconds: float = Field(default=60, gt=0)
 
 
 class Templates(_Section):

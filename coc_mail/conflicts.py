@@ -25,13 +25,21 @@ def entry_matches(entry: str, *, address: str | None = None, name: str | None = 
     return name is not None and bool(name.strip()) and normalize_name(entry) == normalize_name(name)
 
 
-def has_known_conflict(member: Member, *, address: str | None, name: str | None) -> bool:
-    """The member listed this person in ``conflicts``, or the person is the member."""
+def has_known_conflict(
+    member: Member,
+    *,
+    address: str | None,
+    name: str | None,
+    declared: Iterable[str] = (),
+) -> bool:
+    """The member listed this person in ``conflicts`` (or ``declared`` them by mail with
+    ``/conflicts``), or the person is the member."""
     if address and address.strip().lower() == member.email:
         return True
     if name and normalize_name(name) == normalize_name(member.name):
         return True
-    return any(entry_matches(e, address=address, name=name) for e in member.conflicts)
+    entries = [*member.conflicts, *declared]
+    return any(entry_matches(e, address=address, name=name) for e in entries)
 
 
 @dataclass(frozen=True)
@@ -48,20 +56,29 @@ def intake(
     reporter_address: str | None,
     reporter_name: str | None,
     without: Iterable[str] = (),
+    pending: Iterable[str] = (),
+    declared: dict[str, list[str]] | None = None,
 ) -> IntakeDecision:
     """Apply SPEC 4.1: all members (or the triage role) minus known conflicts with the
-    reporter, the reporter themself if a member, and the members named by ``without.``."""
+    reporter, the reporter themself if a member, and the members named by ``without.``.
+    Members still ``pending`` onboarding get nothing (and are not excluded: they are
+    considered when they answer)."""
     without_set = set(without)
-    pool = settings.members
-    if settings.intake.forward == "triage":
-        pool = [m for m in pool if "triage" in m.roles]
+    pending_set = set(pending)
+    declared = declared or {}
+    pool = [m for m in settings.members if m.handle not in pending_set]
     recipients: list[Member] = []
     excluded: list[Member] = []
     for member in settings.members:
         if member.handle in without_set or has_known_conflict(
-            member, address=reporter_address, name=reporter_name
+            member,
+            address=reporter_address,
+            name=reporter_name,
+            declared=declared.get(member.handle, ()),
         ):
             excluded.append(member)
-        elif member in pool:
+        elif member in pool and (
+            settings.intake.forward == "all" or "triage" in member.roles
+        ):
             recipients.append(member)
     return IntakeDecision(recipients, excluded)

@@ -17,12 +17,15 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, update
 
 from . import config as config_mod
+from . import workflow
 from .app import App, build
 from .config import Settings
 from .delivery import Deliverer, make_transport, retry_now
 from .errors import CocMailError
 from .intake import IntakeHandler, smtp_factory
+from .outbox import Outbox
 from .processor import Processor
+from .reminders import Scheduler
 from .spool import Spool
 from .store import Inbound
 
@@ -48,6 +51,17 @@ def _lock(settings: Settings) -> IO[str] | None:
             "(use PostgreSQL to run several)"
         ) from None
     return fh
+
+
+def sync_members(app: App) -> None:
+    """Records for every configured member; onboarding mail to the new ones."""
+    with Session(app.engine, autoflush=False) as session:
+        outbox = Outbox(app)
+        onboarded = workflow.sync_members(app, outbox, session)
+        outbox.write(session)
+        session.commit()
+    if onboarded:
+        log.info("onboarding sent to %d new member(s)", len(onboarded))
 
 
 def _recover(app: App) -> None:
@@ -84,6 +98,11 @@ class Daemon:
         self.app.settings = fresh
         self.handler.settings = fresh
         log.info("reload: configuration re-read (%d members)", len(fresh.members))
+        try:
+            sync_members(self.app)
+        except Exception as exc:  # noqa: BLE001 - retried at the next reload or start
+            log.error("reload: onboarding failed (%s)", type(exc).__name__)
+        self.deliverer.wake.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -95,7 +114,11 @@ class Daemon:
         self.spool = Spool(self.app.engine, self.app.keys, on_commit=self.processor.wake.set)
         self.handler = IntakeHandler(settings, self.app.addresses, self.app.engine, self.spool)
         _recover(self.app)
+        sync_members(self.app)
         self.spool.start()
+        scheduler = Scheduler(self.app, lambda: _call_soon(loop, self.deliverer.wake.set))
+        ticker = threading.Thread(target=scheduler.run, name="reminders", daemon=True)
+        ticker.start()
         worker = threading.Thread(target=self.processor.run, name="processor", daemon=True)
         worker.start()
         delivery = asyncio.create_task(self.deliverer.run(), name="delivery")
@@ -121,6 +144,7 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 5)
         await asyncio.to_thread(self.spool.stop)
+        scheduler.stopping.set()
         self.processor.stopping.set()
         self.processor.wake.set()
         await asyncio.to_thread(worker.join, 30)

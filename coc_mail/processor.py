@@ -22,7 +22,7 @@ from sqlalchemy import or_
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, col, select
 
-from . import conflicts, dkim
+from . import audit, conflicts, dkim, document
 from .addresses import Kind, Recipient
 from .app import App
 from .cases import Standing, receiving_members, set_standing, unused_code_name
@@ -32,6 +32,7 @@ from .message import Incoming
 from .outbox import Outbox
 from .spool import Envelope
 from .store import AckBudget, Case, Inbound, SentCopy, utcnow
+from .workflow import Work, declared_conflicts, pending_members
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +246,19 @@ class Processor:
         case.reporter_key = self.app.keys.tag(
             "reporter", self.app.addresses.reporter_token(case.code_name)
         )
+        pending = pending_members(self.app, session)
         decision = conflicts.intake(
             self.app.settings,
             reporter_address=reporter,
             reporter_name=msg.from_name,
             without=without,
+            pending=pending,
+            declared=declared_conflicts(self.app, session),
         )
         recipients = decision.recipients or [
-            m for m in self.app.settings.members if m not in decision.excluded
+            m
+            for m in self.app.settings.members
+            if m not in decision.excluded and m.handle not in pending
         ]
         intro = self.intake_intro(case, verdict)
         for member in recipients:
@@ -265,6 +271,7 @@ class Processor:
             set_standing(self.app, session, case, member.handle, Standing.EXCLUDED)
         for member in recipients:
             set_standing(self.app, session, case, member.handle, Standing.NOTIFIED)
+        audit.record(self.app.keys, session, case.code_name, "coc-mail", "case opened (New)")
         if not recipients:
             log.error("case %s: every member is excluded; nobody received it", case.code_name)
         log.info(
@@ -372,6 +379,12 @@ class Processor:
             member = self.app.settings.member_by_handle(handle)
             if member is not None:
                 self.forward(unit, case, member, intro)
+        document.add(
+            self.app.keys, unit.session, case, section=document.CORRESPONDENCE,
+            author="the reporter", body=document.text_of(unit.msg.content),
+        )
+        audit.record(self.app.keys, unit.session, case.code_name, "reporter",
+                     "reporter correspondence received")
         case.updated_at = utcnow()
         unit.session.add(case)
         log.info("case %s: reporter correspondence forwarded", case.code_name)
@@ -383,7 +396,9 @@ class Processor:
             return
         case = None
         if r.kind is Kind.CASE:
-            case = unit.session.exec(select(Case).where(Case.code_name == r.value)).first()
+            case = unit.session.exec(
+                select(Case).where(Case.code_name == r.value).with_for_update()
+            ).first()
             if case is None:
                 return
         self.member_mail(unit, case, member)
@@ -412,20 +427,8 @@ class Processor:
         )
 
     def member_mail(self, unit: Unit, case: Case | None, member: Member) -> None:
-        """A member's mail to a case or to their own address: answered, never stored.
-
-        Case threads and commands are the next piece of work (see README, "Status"); until
-        they land the member is told so, and nothing is relayed.
-        """
-        what = f'case "{case.code_name}"' if case else "your member address"
-        self.reply_to_member(
-            unit,
-            case,
-            member,
-            f"Your message to {what} was received but not relayed: case threads and\n"
-            "commands are not available in this version of coc-mail yet. Write to the other\n"
-            "members directly for now.\n",
-        )
+        """A member's mail to a case or to their own address: a command or a thread post."""
+        Work(self.app, unit.session, unit.outbox, unit.msg).member_mail(case, member)
 
     def reply_to_member(self, unit: Unit, case: Case | None, member: Member, body: str) -> None:
         committee = self.app.settings.committee

@@ -59,6 +59,20 @@ class Case(SQLModel, table=True):
     reporter: bytes | None = None  # sealed reporter address
     report: bytes | None = None  # sealed original message
     sheet: bytes | None = None  # sealed JSON of status-sheet fields
+    reported: bytes | None = None  # sealed name of the reported person (/involves)
+    check_started_at: dt.datetime | None = None
+    check_deadline: dt.datetime | None = None
+    last_followup_at: dt.datetime | None = None
+    reminders: str = Field(default="", max_length=400)  # keys of reminders already sent
+    purge_warned: bool = False
+    purged_at: dt.datetime | None = None  # document purged; the status-sheet row stays
+
+
+class CodeName(SQLModel, table=True):
+    """Every code name ever used, so none comes back after a case is discarded."""
+
+    __tablename__ = "code_names"
+    name: str = Field(primary_key=True, max_length=64)
 
 
 class CaseMember(SQLModel, table=True):
@@ -69,6 +83,44 @@ class CaseMember(SQLModel, table=True):
     member_tag: str = Field(primary_key=True, max_length=32)
     state: str = Field(max_length=16)
     updated_at: dt.datetime = Field(default_factory=utcnow)
+    reminded: bool = False  # the halfway conflict-check reminder went out
+
+
+class DocEntry(SQLModel, table=True):
+    """One dated, authored entry of a case document (SPEC 4.6), sealed."""
+
+    __tablename__ = "doc_entries"
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id", index=True, ondelete="CASCADE")
+    section: str = Field(max_length=16)  # summary, scope, plan, ..., correspondence, followup
+    entry_date: dt.date
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    author: bytes  # sealed: member name, "reporter" or "coc-mail"
+    body: bytes  # sealed text
+
+
+class MemberRecord(SQLModel, table=True):
+    """What the daemon learned about a member by mail: onboarding state and declared conflicts."""
+
+    __tablename__ = "member_records"
+    member_tag: str = Field(primary_key=True, max_length=32)
+    state: str = Field(max_length=16)  # pending (onboarding sent, no answer) | active
+    joined_at: dt.datetime = Field(default_factory=utcnow)
+    answered_at: dt.datetime | None = None
+    conflicts: bytes | None = None  # sealed JSON list of names/addresses
+
+
+class AuditEntry(SQLModel, table=True):
+    """The append-only, hash-chained log of case changes: who, what, when; never content."""
+
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    code_name: str = Field(index=True, max_length=64)
+    at: dt.datetime = Field(default_factory=utcnow)
+    actor: bytes  # sealed: member handle, "reporter" or "coc-mail"
+    action: str = Field(max_length=200)  # e.g. "status New -> Ongoing"; no names, no text
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
 
 
 class SentCopy(SQLModel, table=True):

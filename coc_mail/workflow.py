@@ -1,0 +1,539 @@
+"""The case workflow by mail (SPEC 4.2-4.7, 6): members' commands and posts, the conflict
+check, follow-ups, the document, onboarding. Each function works inside one processing unit;
+every command answers its sender and is never relayed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shlex
+from collections.abc import Iterable
+from email.utils import formataddr
+
+from sqlmodel import Session, col, select
+
+from . import audit, commands, document, status
+from .app import App
+from .cases import Standing, member_tag, receiving_members, set_standing, standings
+from .commands import Command, UnknownCommand
+from .compose import forward_message, relay_message, text_message
+from .config import Member
+from .conflicts import has_known_conflict
+from .errors import TemplateProblem
+from .message import Incoming
+from .outbox import Outbox
+from .store import Case, MemberRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+INTERNAL_TEMPLATES = {"conflict-check", "onboarding", "reminder"}
+ANSWERS = {"yes": "Yes", "no": "No", "maybe": "Maybe"}
+OPEN = ("New", "Ongoing")
+
+
+class Refusal(Exception):
+    """A command or post that cannot be carried out; its text goes back to the member."""
+
+
+# -- member records (onboarding) ------------------------------------------------------------
+def declared_conflicts(app: App, session: Session) -> dict[str, list[str]]:
+    """Conflicts each member declared by mail (``/conflicts``), by handle."""
+    records = {r.member_tag: r for r in session.exec(select(MemberRecord))}
+    out: dict[str, list[str]] = {}
+    for m in app.settings.members:
+        r = records.get(member_tag(app, m.handle))
+        if r is not None and r.conflicts:
+            out[m.handle] = list(json.loads(app.keys.open(r.conflicts, "member_records.conflicts")))
+    return out
+
+
+def pending_members(app: App, session: Session) -> set[str]:
+    """Handles of members who have not answered their onboarding mail yet."""
+    pending = {
+        r.member_tag
+        for r in session.exec(select(MemberRecord).where(MemberRecord.state == "pending"))
+    }
+    return {m.handle for m in app.settings.members if member_tag(app, m.handle) in pending}
+
+
+def reported_names(app: App, session: Session) -> list[str]:
+    """Everyone reported so far (the onboarding list), without duplicates."""
+    names: dict[str, str] = {}
+    for case in session.exec(select(Case).where(col(Case.reported).is_not(None))):
+        name = document.reported_of(app.keys, case)
+        names.setdefault(name.casefold(), name)
+    return sorted(names.values(), key=str.casefold)
+
+
+def sync_members(app: App, outbox: Outbox, session: Session) -> list[str]:
+    """Give every configured member a record; members new since the last start get the
+    onboarding mail. On a database with no records (the first start), the configured members
+    are the founding committee and need no onboarding. Returns the onboarded handles."""
+    records = {r.member_tag for r in session.exec(select(MemberRecord))}
+    founding = not records
+    onboarded: list[str] = []
+    names: list[str] | None = None
+    for member in app.settings.members:
+        tag = member_tag(app, member.handle)
+        if tag in records:
+            continue
+        if founding:
+            session.add(MemberRecord(member_tag=tag, state="active", answered_at=utcnow()))
+            continue
+        session.add(MemberRecord(member_tag=tag, state="pending"))
+        if names is None:
+            names = reported_names(app, session)
+        rendered = app.templates.render(
+            "onboarding", committee=app.settings.committee, member=member, reported_names=names
+        )
+        outbox.queue(
+            case=None, role=member.handle, recipient=member.email,
+            build=lambda mid, m=member, r=rendered: text_message(  # type: ignore[misc]
+                from_name=app.settings.committee.name, from_addr=app.alias,
+                to=formataddr((m.name, m.email)), reply_to=app.addresses.member(m.handle),
+                subject=r.subject or "Welcome", body=r.body, message_id=mid, loop=app.alias,
+            ),
+        )
+        onboarded.append(member.handle)
+        log.info("member onboarding sent (%d names listed)", len(names))
+    return onboarded
+
+
+class Work:
+    """One member's message, handled: a command for a case or for no case, or a thread post."""
+
+    def __init__(self, app: App, session: Session, outbox: Outbox, msg: Incoming) -> None:
+        self.app = app
+        self.session = session
+        self.outbox = outbox
+        self.msg = msg
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = document.text_of(self.msg.content)
+        return self._text
+
+    # -- entry points -------------------------------------------------------------------------
+    def member_mail(self, case: Case | None, member: Member) -> None:
+        try:
+            try:
+                command = commands.parse(self.text)
+            except UnknownCommand as exc:
+                raise Refusal(
+                    f"There is no command /{exc}.\n\n" + commands.help_text(case=case is not None)
+                ) from None
+            if case is None:
+                if command is None:
+                    raise Refusal("Mail to your member address must be a command.\n\n"
+                                  + commands.help_text(case=False))
+                self.general_command(member, command)
+            elif command is None:
+                self.post(case, member)
+            else:
+                self.case_command(case, member, command)
+        except Refusal as refusal:
+            self.reply(member, case, str(refusal))
+        except TemplateProblem as problem:
+            self.reply(member, case, f"Nothing was sent: {problem}")
+
+    def general_command(self, member: Member, cmd: Command) -> None:
+        if cmd.name == "help":
+            self.reply(member, None, commands.help_text(case=False))
+        elif cmd.name == "statusreport":
+            self.reply(member, None, status.report_text(self.app, self.session))
+        elif cmd.name == "conflicts":
+            self.declare_conflicts(member, cmd)
+        else:
+            raise Refusal(f"/{cmd.name} concerns one case: send it as a reply to a message of "
+                          "that case (its Reply-To: is your address for the case).")
+
+    def case_command(self, case: Case, member: Member, cmd: Command) -> None:
+        if cmd.name in ("help", "statusreport", "conflicts"):
+            self.general_command(member, cmd)
+            return
+        handler = getattr(self, f"cmd_{cmd.name}")
+        handler(case, member, cmd)
+        case.updated_at = utcnow()
+        self.session.add(case)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def standing(self, case: Case, member: Member) -> Standing | None:
+        return standings(self.app, self.session, case).get(member.handle)
+
+    def receiving(self, case: Case) -> list[Member]:
+        handles = set(receiving_members(self.app, self.session, case))
+        return [m for m in self.app.settings.members if m.handle in handles]
+
+    def require_receiving(self, case: Case, member: Member) -> None:
+        if member not in self.receiving(case):
+            raise Refusal(self.why_not(case, member))
+
+    def why_not(self, case: Case, member: Member) -> str:
+        st = self.standing(case, member)
+        if st is Standing.ASKED:
+            return (f'Answer the conflict check of case "{case.code_name}" first: reply '
+                    "/noconflict or /conflict. Nothing was relayed or changed.")
+        reason = {
+            Standing.CONFLICTED: "you declared a conflict of interest",
+            Standing.RECUSED: "you recused yourself",
+            Standing.SILENT: "you did not answer the conflict check before its deadline",
+        }.get(st) if st else None
+        text = "You are not part of this case"
+        return f"{text}{' (' + reason + ')' if reason else ''}. Nothing was relayed or changed."
+
+    def reply(self, member: Member, case: Case | None, body: str, subject: str = "") -> None:
+        """Answer the member who wrote (and nobody else)."""
+        app = self.app
+        msg = self.msg
+        subj = subject or (f"Re: {msg.subject}" if msg.subject else "coc-mail")
+        if case is not None and f"[{case.code_name}]" not in subj:
+            subj = f"[{case.code_name}] {subj}"
+        self.outbox.queue(
+            case=case, role=member.handle, recipient=member.email,
+            build=lambda mid: text_message(
+                from_name=app.settings.committee.name, from_addr=app.alias,
+                to=formataddr((member.name, member.email)),
+                reply_to=(app.addresses.case(case.code_name, member.handle) if case
+                          else app.addresses.member(member.handle)),
+                subject=subj, body=body, message_id=mid, loop=app.alias,
+                in_reply_to=msg.message_id or None,
+            ),
+        )
+
+    def audit(self, case: Case, actor: str, action: str) -> None:
+        audit.record(self.app.keys, self.session, case.code_name, actor, action)
+
+    def brief(self, case: Case, member: Member, why: str) -> None:
+        """Send a newly cleared member the report, attached as received."""
+        if case.report is None:
+            return
+        app = self.app
+        report = app.keys.open(case.report, "cases.report")
+        reported = document.reported_of(app.keys, case)
+        intro = (
+            f'{why}\nCase "{case.code_name}", opened {case.opened_at:%Y-%m-%d %H:%M} UTC'
+            + (f", involves {reported}" if reported else "")
+            + ".\nThe report is attached. /doc sends you the case document; /help lists the "
+            "commands.\n"
+        )
+        self.outbox.queue(
+            case=case, role=member.handle, recipient=member.email,
+            build=lambda mid: forward_message(
+                from_name=app.settings.committee.name, from_addr=app.alias,
+                to=formataddr((member.name, member.email)),
+                reply_to=app.addresses.case(case.code_name, member.handle),
+                subject=f"[{case.code_name}] The report", intro=intro, original=report,
+                message_id=mid, loop=app.alias, auth_results=None,
+            ),
+        )
+
+    # -- the thread ---------------------------------------------------------------------------
+    def post(self, case: Case, member: Member) -> None:
+        if case.status == "New":
+            st = self.standing(case, member)
+            if st in (Standing.NOTIFIED, Standing.CLEARED):
+                raise Refusal(
+                    "Name the reported person first: reply `/involves NAME`. Your message was "
+                    "not relayed: until the conflict check, the case has no thread."
+                )
+            raise Refusal(self.why_not(case, member))
+        if self.standing(case, member) is not Standing.CLEARED:
+            raise Refusal(self.why_not(case, member))
+        others = [m for m in self.receiving(case) if m != member]
+        if not others:
+            raise Refusal("You are the only cleared member of this case: nothing was relayed.")
+        app = self.app
+        subject = self.msg.subject or "(no subject)"
+        if f"[{case.code_name}]" not in subject:
+            subject = f"[{case.code_name}] {subject}"
+        for other in others:
+            self.outbox.queue(
+                case=case, role=other.handle, recipient=other.email,
+                build=lambda mid, o=other: relay_message(  # type: ignore[misc]
+                    original=self.msg.content,
+                    from_name=f"{member.name} via {case.code_name}", from_addr=app.alias,
+                    to=formataddr((o.name, o.email)),
+                    reply_to=app.addresses.case(case.code_name, o.handle),
+                    subject=subject, message_id=mid, loop=app.alias,
+                ),
+            )
+        case.updated_at = utcnow()
+        self.session.add(case)
+        log.info("case %s: post relayed to %d member(s)", case.code_name, len(others))
+
+    # -- the conflict check -------------------------------------------------------------------
+    def cmd_involves(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        name = " ".join(cmd.args.split())
+        if not name:
+            raise Refusal(commands.usage("involves"))
+        if case.status != "New":
+            raise Refusal("The reported person is already named and the conflict check has "
+                          "started; nothing changed.")
+        app, session = self.app, self.session
+        now = utcnow()
+        deadline = now + dt.timedelta(hours=app.settings.intake.conflict_check_hours)
+        case.reported = app.keys.seal_text(name, "cases.reported")
+        case.status = "Ongoing"
+        case.check_started_at, case.check_deadline = now, deadline
+        current = standings(app, session, case)
+        pending = pending_members(app, session)
+        declared = declared_conflicts(app, session)
+        asked, excluded = [], []
+        for m in app.settings.members:
+            if current.get(m.handle) is Standing.EXCLUDED or m.handle in pending:
+                continue
+            if has_known_conflict(m, address=None, name=name, declared=declared.get(m.handle, ())):
+                set_standing(app, session, case, m.handle, Standing.EXCLUDED)
+                excluded.append(m)
+            elif m == member:
+                set_standing(app, session, case, m.handle, Standing.CLEARED)
+            else:
+                set_standing(app, session, case, m.handle, Standing.ASKED)
+                asked.append(m)
+        for m in asked:
+            self.ask(case, m, name, deadline)
+        self.audit(case, member.handle, "conflict check started; status New -> Ongoing")
+        self.reply(
+            member, case,
+            f'Case "{case.code_name}" now involves {name}. The conflict check went to '
+            f"{len(asked)} member(s); {len(excluded)} excluded by known conflicts.\n"
+            f"Answers are due by {deadline:%Y-%m-%d %H:%M} UTC. You are cleared; reply "
+            "/conflict if you have one.\n",
+        )
+
+    def ask(self, case: Case, m: Member, name: str, deadline: dt.datetime) -> None:
+        app = self.app
+        rendered = app.templates.render(
+            "conflict-check", committee=app.settings.committee, case=case, member=m,
+            reported=name, deadline=f"{deadline:%Y-%m-%d %H:%M} UTC",
+        )
+        self.outbox.queue(
+            case=case, role=m.handle, recipient=m.email,
+            build=lambda mid: text_message(
+                from_name=app.settings.committee.name, from_addr=app.alias,
+                to=formataddr((m.name, m.email)),
+                reply_to=app.addresses.case(case.code_name, m.handle),
+                subject=rendered.subject or f"[{case.code_name}] Conflict check",
+                body=rendered.body, message_id=mid, loop=app.alias,
+            ),
+        )
+
+    def cmd_noconflict(self, case: Case, member: Member, cmd: Command) -> None:
+        st = self.standing(case, member)
+        if st is Standing.CLEARED:
+            raise Refusal("You are already cleared for this case; nothing changed.")
+        if st is Standing.SILENT:
+            raise Refusal("The conflict check deadline has passed, so you were not added to "
+                          "this case (the procedure's rule). Nothing changed.")
+        if st is not Standing.ASKED:
+            raise Refusal(self.why_not(case, member))
+        set_standing(self.app, self.session, case, member.handle, Standing.CLEARED)
+        self.audit(case, member.handle, "member cleared (no conflict)")
+        self.brief(case, member, "Thank you: you are cleared for this case.")
+
+    def cmd_conflict(self, case: Case, member: Member, cmd: Command) -> None:
+        st = self.standing(case, member)
+        if st not in (Standing.ASKED, Standing.CLEARED, Standing.NOTIFIED):
+            raise Refusal(self.why_not(case, member))
+        set_standing(self.app, self.session, case, member.handle, Standing.CONFLICTED)
+        self.audit(case, member.handle, "member declared a conflict")
+        self.reply(member, case, "Noted: you have a conflict of interest. You will receive "
+                                 "nothing more about this case.\n")
+
+    def cmd_recuse(self, case: Case, member: Member, cmd: Command) -> None:
+        st = self.standing(case, member)
+        if st in (None, Standing.EXCLUDED, Standing.RECUSED, Standing.CONFLICTED):
+            raise Refusal(self.why_not(case, member))
+        set_standing(self.app, self.session, case, member.handle, Standing.RECUSED)
+        self.audit(case, member.handle, "member recused")
+        self.reply(member, case, "You have recused yourself. You will receive nothing more "
+                                 "about this case.\n")
+
+    # -- follow-ups ---------------------------------------------------------------------------
+    def render_followup(self, case: Case, cmd: Command) -> tuple[str, str]:
+        template = cmd.args.split()[0] if cmd.args.split() else ""
+        if not template:
+            raise Refusal(commands.usage(cmd.name) + "\nTemplates: "
+                          + ", ".join(n for n in self.app.templates.names()
+                                      if n not in INTERNAL_TEMPLATES))
+        if template in INTERNAL_TEMPLATES:
+            raise Refusal(f"{template} is not a template for the reporter.")
+        if template not in self.app.templates.names():
+            raise Refusal(f"No template named {template}. Templates: " + ", ".join(
+                n for n in self.app.templates.names() if n not in INTERNAL_TEMPLATES))
+        rendered = self.app.templates.render(
+            template, committee=self.app.settings.committee, case=case, text=cmd.body,
+        )
+        subject = rendered.subject or f"About your report ({case.code_name})"
+        return subject, rendered.body
+
+    def cmd_preview(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        subject, body = self.render_followup(case, cmd)
+        self.reply(member, case, f"Preview (not sent):\n\nSubject: {subject}\n\n{body}")
+
+    def cmd_followup(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        if case.reporter is None:
+            raise Refusal("This case has no reporter address to write to; nothing was sent.")
+        subject, body = self.render_followup(case, cmd)
+        app = self.app
+        reporter = app.keys.open_text(case.reporter, "cases.reporter")
+        self.outbox.queue(
+            case=case, role="reporter", recipient=reporter,
+            build=lambda mid: text_message(
+                from_name=app.settings.committee.name, from_addr=app.alias, to=reporter,
+                reply_to=app.addresses.reporter(case.code_name), subject=subject, body=body,
+                message_id=mid, loop=app.alias,
+            ),
+        )
+        document.add(app.keys, self.session, case, section=document.FOLLOWUP,
+                     author=member.name, body=f"Subject: {subject}\n\n{body}")
+        case.last_followup_at = utcnow()
+        self.audit(case, member.handle, f"follow-up sent ({cmd.args.split()[0]})")
+        self.reply(member, case, f"Sent to the reporter and kept in the document:\n\n"
+                                 f"Subject: {subject}\n\n{body}")
+
+    # -- documentation ------------------------------------------------------------------------
+    def cmd_note(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        parts = cmd.args.split()
+        if not parts or parts[0].lower() not in document.SECTIONS or len(parts) > 2:
+            raise Refusal(commands.usage("note") + "\nSections: " + ", ".join(document.SECTIONS))
+        section = parts[0].lower()
+        date = None
+        if len(parts) == 2:
+            try:
+                date = dt.date.fromisoformat(parts[1])
+            except ValueError:
+                raise Refusal(f"{parts[1]!r} is not a date like 2026-11-25.\n"
+                              + commands.usage("note")) from None
+        if not cmd.body.strip():
+            raise Refusal("The note is empty: write it on the lines below the command.\n"
+                          + commands.usage("note"))
+        entry = document.add(self.app.keys, self.session, case, section=section,
+                             author=member.name, body=cmd.body, date=date)
+        self.audit(case, member.handle, f"note added ({section})")
+        self.reply(member, case, f"Added to {document.SECTIONS[section]} "
+                                 f"({entry.entry_date:%Y-%m-%d}).\n")
+
+    def cmd_status(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        try:
+            pairs = shlex.split(cmd.args)
+        except ValueError as exc:
+            raise Refusal(f"{exc}.\n{commands.usage('status')}") from None
+        fields: dict[str, str] = {}
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            key = key.lower()
+            if not eq or key not in ("safety", "repeat", "actions", "resolution"):
+                raise Refusal(f"{pair!r} is not a field.\n{commands.usage('status')}")
+            if key in ("safety", "repeat"):
+                if value.lower() not in ANSWERS:
+                    raise Refusal(f"{key} must be yes, no or maybe.\n{commands.usage('status')}")
+                value = ANSWERS[value.lower()]
+            fields[key] = value.strip()
+        if not fields:
+            raise Refusal(commands.usage("status"))
+        document.set_sheet(self.app.keys, case, fields)
+        self.audit(case, member.handle, "status sheet updated: " + ", ".join(sorted(fields)))
+        self.reply(member, case, "Status sheet updated:\n\n" + status.case_row_text(self.app, case)
+                   + status.warnings_text(self.app, self.session, [case]))
+
+    def cmd_resolve(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        try:
+            words = shlex.split(cmd.args)
+        except ValueError as exc:
+            raise Refusal(f"{exc}.\n{commands.usage('resolve')}") from None
+        resolution = " ".join(words).strip()
+        if not resolution:
+            raise Refusal(commands.usage("resolve"))
+        if case.status == "Resolved":
+            raise Refusal("The case is already resolved; /reopen it first.")
+        if case.status == "New":
+            raise Refusal("Name the reported person first (/involves NAME), or /discard the "
+                          "case if it is not a report.")
+        case.status, case.resolved_at = "Resolved", utcnow()
+        document.set_sheet(self.app.keys, case, {"resolution": resolution})
+        self.audit(case, member.handle, "status Ongoing -> Resolved")
+        self.reply(member, case, f'Case "{case.code_name}" is resolved: {resolution}\n'
+                   + status.warnings_text(self.app, self.session, [case]))
+
+    def cmd_reopen(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        if case.status != "Resolved":
+            raise Refusal("Only a resolved case can be reopened; nothing changed.")
+        if case.purged_at is not None:
+            raise Refusal("The document of this case was purged; it cannot be reopened.")
+        case.status, case.resolved_at, case.purge_warned = "Ongoing", None, False
+        self.audit(case, member.handle, "status Resolved -> Ongoing")
+        self.reply(member, case, f'Case "{case.code_name}" is open again.\n')
+
+    def cmd_doc(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        self.reply(member, case, document.render(self.app.keys, self.session, case),
+                   subject=f"[{case.code_name}] Case document")
+
+    def cmd_discard(self, case: Case, member: Member, cmd: Command) -> None:
+        self.require_receiving(case, member)
+        code_name = case.code_name
+        self.audit(case, member.handle, "case discarded (not a report)")
+        self.reply(member, None, f'Case "{code_name}" is discarded: its report and document '
+                                 "are deleted.\n", subject=f"[{code_name}] discarded")
+        for pending in self.outbox.pending:
+            if pending.case is case:
+                pending.case = None
+        self.session.delete(case)
+        log.info("case %s discarded", code_name)
+
+    # -- onboarding ---------------------------------------------------------------------------
+    def declare_conflicts(self, member: Member, cmd: Command) -> None:
+        app, session = self.app, self.session
+        text = cmd.args.strip()
+        if not text:
+            raise Refusal(commands.usage("conflicts"))
+        names = [] if text.lower() == "none" else [
+            " ".join(n.split()) for n in text.split(",") if n.strip()]
+        tag = member_tag(app, member.handle)
+        record = session.get(MemberRecord, tag) or MemberRecord(member_tag=tag, state="pending")
+        was_pending = record.state == "pending"
+        record.state, record.answered_at = "active", utcnow()
+        record.conflicts = app.keys.seal(json.dumps(names).encode(), "member_records.conflicts")
+        session.add(record)
+        added = self.join_open_cases(member, names) if was_pending else []
+        self.reply(
+            member, None,
+            ("Thank you. Your conflicts are recorded: " + (", ".join(names) or "none") + ".\n")
+            + (f"You are now part of {len(added)} open case(s); each one's report follows.\n"
+               if was_pending else ""),
+        )
+
+    def join_open_cases(self, member: Member, declared: Iterable[str]) -> list[Case]:
+        """After onboarding: join every open case where the member has no conflict."""
+        app, session = self.app, self.session
+        joined: list[Case] = []
+        for case in session.exec(select(Case).where(col(Case.status).in_(OPEN))):
+            if self.standing(case, member) is not None:
+                continue
+            reported = document.reported_of(app.keys, case)
+            reporter = (app.keys.open_text(case.reporter, "cases.reporter")
+                        if case.reporter else None)
+            conflicted = has_known_conflict(member, address=reporter, name=None,
+                                            declared=declared) or (
+                bool(reported) and has_known_conflict(member, address=None, name=reported,
+                                                      declared=declared))
+            if conflicted:
+                set_standing(app, session, case, member.handle, Standing.EXCLUDED)
+                continue
+            standing = Standing.NOTIFIED if case.status == "New" else Standing.CLEARED
+            set_standing(app, session, case, member.handle, standing)
+            self.audit(case, member.handle, "member joined after onboarding")
+            self.brief(case, member, "Welcome: you have no declared conflict with this case.")
+            joined.append(case)
+        return joined
