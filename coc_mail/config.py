@@ -219,8 +219,8 @@ class Intake(_Section):
 class Cases(_Section):
     """``[cases]``: retention and reminders."""
 
-    purge_after_days: int = Field(default=0, ge=0)
-    stale_days: int = Field(default=14, ge=0)
+    purge_after_days: float = Field(default=0, ge=0)
+    stale_days: float = Field(default=14, ge=0)
     remind_unchecked_hours: float = Field(default=24, ge=0)
     remind_followup_days: float = Field(default=7, ge=0)
     check_interval_seconds: float = Field(default=60, gt=0)

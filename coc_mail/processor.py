@@ -390,9 +390,9 @@ class Processor:
         log.info("case %s: reporter correspondence forwarded", case.code_name)
 
     def to_member_address(self, unit: Unit, r: Recipient) -> None:
-        member = self.authenticated_member(unit.msg, r)
-        if member is None:
-            log.warning("member address used by a sender who is not that member: ignored")
+        owner = self.token_owner(r)
+        if owner is None:  # the member left the configuration
+            log.info("member address of a member no longer configured: dropped")
             return
         case = None
         if r.kind is Kind.CASE:
@@ -401,18 +401,46 @@ class Processor:
             ).first()
             if case is None:
                 return
-        self.member_mail(unit, case, member)
+        problem = self.authentication_problem(unit, owner)
+        if problem:
+            log.warning("member address used by a sender who is not that member: ignored")
+            self.reply_to_member(
+                unit, case, owner,
+                "A message sent to your own coc-mail address"
+                + (f' for case "{case.code_name}"' if case else "")
+                + f" was ignored: {problem}.\nIf it was you, send it again from "
+                f"{owner.email}" + (" with your provider's DKIM signature" if
+                                    self.app.settings.dkim.require_aligned_members else "")
+                + ". If not, someone may have your case address: tell the operators.\n",
+            )
+            return
+        self.member_mail(unit, case, owner)
 
-    def authenticated_member(self, msg: Incoming, r: Recipient) -> Member | None:
-        """The member whose token this is, if the sender is that member too (SPEC 1.5)."""
+    def token_owner(self, r: Recipient) -> Member | None:
+        """The member whose address token this is."""
         for member in self.app.settings.members:
             if r.kind is Kind.CASE:
                 mine = self.app.keys.check_token(r.token, "case", r.value, member.handle)
             else:
                 mine = self.app.keys.check_token(r.token, "member", member.handle)
             if mine:
-                return member if msg.from_address == member.email else None
+                return member
         return None
+
+    def authentication_problem(self, unit: Unit, member: Member) -> str:
+        """Why this message does not count as the member's (SPEC 1.5); empty when it does."""
+        msg = unit.msg
+        if msg.from_address != member.email:
+            return "its From: address is not yours"
+        if self.app.settings.dkim.require_aligned_members:
+            verdict = unit.verdict()
+            domain = member.email.rpartition("@")[2]
+            signer = verdict.domain.lower() if verdict else ""
+            aligned = bool(signer) and (domain == signer or domain.endswith("." + signer))
+            if verdict is None or verdict.result != "pass" or not aligned:
+                result = verdict.result if verdict else "none"
+                return f"it carried no DKIM signature of {domain} that verified (dkim={result})"
+        return ""
 
     def member_wrote_to_alias(self, unit: Unit, case: Case, member: Member) -> None:
         """A member replied to the alias about a case: not authenticated by a token, so

@@ -103,7 +103,7 @@ def case_reminders(app: App, session: Session, outbox: Outbox, now: dt.datetime)
             reason = "the reporter has had no follow-up yet (/followup TEMPLATE)"
         elif (cfg.stale_days and now - case.updated_at >= dt.timedelta(days=cfg.stale_days)
                 and _once(case, f"stale{case.updated_at:%Y%m%d%H%M}")):
-            reason = f"nothing has happened for {cfg.stale_days} days"
+            reason = f"nothing has happened for {cfg.stale_days:g} days"
         if reason and receiving:
             remind(app, outbox, case, receiving, reason)
             session.add(case)

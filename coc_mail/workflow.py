@@ -151,13 +151,17 @@ class Work:
                           "that case (its Reply-To: is your address for the case).")
 
     def case_command(self, case: Case, member: Member, cmd: Command) -> None:
-        if cmd.name in ("help", "statusreport", "conflicts"):
+        if cmd.name == "help":
+            self.reply(member, case, commands.help_text(case=True))
+            return
+        if cmd.name in ("statusreport", "conflicts"):
             self.general_command(member, cmd)
             return
         handler = getattr(self, f"cmd_{cmd.name}")
         handler(case, member, cmd)
-        case.updated_at = utcnow()
-        self.session.add(case)
+        if cmd.name != "discard":
+            case.updated_at = utcnow()
+            self.session.add(case)
 
     # -- helpers ------------------------------------------------------------------------------
     def standing(self, case: Case, member: Member) -> Standing | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .helpers import Daemon, by_recipient, make_report, wait_for
+from .helpers import Daemon, by_recipient, make_report
 
 
 def case_lines(d: Daemon) -> list[str]:
@@ -101,7 +101,7 @@ def test_postmaster_mail_goes_to_the_operators(sqlite_daemon: Daemon) -> None:
     assert case_lines(d) == []
 
 
-def test_member_mail_to_a_case_address_is_answered_not_relayed(sqlite_daemon: Daemon) -> None:
+def test_member_mail_to_a_new_case_is_answered_not_relayed(sqlite_daemon: Daemon) -> None:
     d = sqlite_daemon
     d.send(make_report())
     grace = by_recipient(d.wait_delivered(4))["grace@example.net"][0]
@@ -111,12 +111,16 @@ def test_member_mail_to_a_case_address_is_answered_not_relayed(sqlite_daemon: Da
     d.send(post, sender="grace@example.net", to=[case_address])
     got = by_recipient(d.wait_delivered(5))
     assert len(got["grace@example.net"]) == 2
+    assert "name the reported person first" in got["grace@example.net"][1].text.lower()
     assert len(got["ada@example.net"]) == 1 and len(got["linus@example.net"]) == 1
-    # A forger using Grace's address gets nothing at all.
-    forged = make_report(sender="Mallory <mallory@example.com>", to=case_address)
+    # A forger using Grace's address gets nothing at all; Grace is told (no content).
+    forged = make_report(sender="Mallory <mallory@example.com>", to=case_address,
+                         body="FORGED-TEXT")
     d.send(forged, sender="mallory@example.com", to=[case_address])
-    wait_for(lambda: "not that member" in d.log_text(), 10, "forgery logged")
-    assert len(d.delivered()) == 5
+    got = by_recipient(d.wait_delivered(6))
+    assert "mallory@example.com" not in got
+    notice = got["grace@example.net"][2]
+    assert "was ignored" in notice.text and "FORGED-TEXT" not in notice.text
 
 
 def test_reply_to_both_reporter_address_and_alias_is_forwarded_once(

@@ -54,7 +54,8 @@ def test_tokens_are_80_bits_and_depend_on_the_key() -> None:
 def test_address_parser_never_crashes(text: str) -> None:
     result = ADDR.parse(text)
     if result is not None:
-        assert text.strip().strip("<>").lower().endswith("@example.org")
+        address = text.strip().strip("<>").lower()
+        assert address.endswith("@example.org") or address == "postmaster"
 
 
 @settings(max_examples=200, deadline=None)

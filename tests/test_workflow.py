@@ -161,7 +161,9 @@ def test_a_whole_case_by_mail(d: Daemon) -> None:
     forged = make_report(sender="Mallory <mallory@example.com>", to=case_address["ada"],
                          body="/discard")
     d.send(forged, sender="mallory@example.com", to=[case_address["ada"]])
-    wait_for(lambda: "not that member" in d.log_text(), 10, "forgery ignored")
+    (notice,) = mail.next(1)  # the real Ada is told; the forger gets nothing
+    assert notice.to == "ada@example.net" and "was ignored" in notice.text
+    assert "discard" not in notice.text
 
     # 8. The reporter writes again: to the cleared members only, and into the document.
     d.send(make_report(sender=f"Rita <{REPORTER}>", to=reporter_address, body=f"{LATER}\n"),
