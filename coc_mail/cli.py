@@ -57,7 +57,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"alias {settings.committee.address}"
     )
     templates = Templates(settings.templates.directory)
-    template_problems = templates.check()
+    template_problems = templates.check(**_template_sample(settings))
     problems += template_problems
     if not template_problems:
         ok(f"templates: {', '.join(templates.names())}")
@@ -92,6 +92,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"ERROR {p}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _template_sample(settings: Settings) -> dict[str, object]:
+    """Every variable a template may use, with sample values (see README, Templates)."""
+    import datetime as dt
+
+    case = Case(code_name="home shelf", status="Ongoing", reporter_key="",
+                opened_at=dt.datetime(2026, 7, 7, 8, 30, tzinfo=dt.UTC))
+    return {
+        "committee": settings.committee, "case": case, "member": settings.members[0],
+        "reported": "Jordan Roe", "deadline": "2026-07-09 08:30 UTC", "reason": "a reminder",
+        "reported_names": ["Jordan Roe"], "text": "Free text from the member.",
+    }
 
 
 def _check_relay(settings: Settings) -> list[str]:

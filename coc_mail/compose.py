@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, formataddr
+from pathlib import Path
 from typing import Any
 
 from jinja2 import (
@@ -98,15 +99,18 @@ class Templates:
             text = rest.lstrip("\n")
         return Rendered(subject, text)
 
-    def check(self) -> list[str]:
-        """Parse every template; return the problems found (empty when all is well)."""
+    def check(self, **sample: Any) -> list[str]:
+        """Render every template with ``sample`` variables (all the variables any template
+        gets); return the problems found: syntax errors and misspelt variables alike."""
         problems = []
         for name in self.env.list_templates():
             if name.endswith(TEMPLATE_SUFFIX):
                 try:
-                    self.env.get_template(name)
+                    self.env.get_template(name).render(**sample)
                 except TemplateError as exc:
-                    problems.append(f"template {name}: {exc}")
+                    where = self.override if self.override and Path(
+                        self.override, name).exists() else "coc_mail/templates"
+                    problems.append(f"template {where}/{name}: {type(exc).__name__}: {exc}")
         return problems
 
 

@@ -171,3 +171,26 @@ def test_sigterm_stops_cleanly(sqlite_daemon: Daemon) -> None:
     assert d.proc.wait(30) == 0
     assert "stopped" in d.log_text()
     assert not (d.var / "coc-mail.pid").exists()
+
+
+def test_templates_override_file_by_file_and_check_finds_mistakes(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    (overrides / "acknowledgment.txt.j2").write_text(
+        "Subject: Thanks ({{ case.code_name }})\nOur own words for {{ committee.name }}.\n")
+    d = Daemon(tmp_path, sqlite_url, extra={"templates": {"directory": str(overrides)}})
+    d.start()
+    try:
+        d.send(make_report())
+        ack = by_recipient(d.wait_delivered(4))["reporter@example.com"][0]
+        assert ack.text.startswith("Our own words for Test Conference")
+        assert str(ack["Subject"]).startswith("Thanks (")
+    finally:
+        d.stop()
+    assert d.cli("check").returncode == 0
+    (overrides / "followup.txt.j2").write_text("{{ txet }}\n")
+    bad = d.cli("check", check=False)
+    assert bad.returncode == 1
+    assert "followup.txt.j2: UndefinedError: 'txet' is undefined" in bad.stderr
