@@ -192,7 +192,9 @@ class Work:
         """Answer the member who wrote (and nobody else)."""
         app = self.app
         msg = self.msg
-        subj = subject or (f"Re: {msg.subject}" if msg.subject else "coc-mail")
+        subj = subject or msg.subject or "coc-mail"
+        if not subject and not subj.lower().startswith("re:"):
+            subj = f"Re: {subj}"
         if case is not None and f"[{case.code_name}]" not in subj:
             subj = f"[{case.code_name}] {subj}"
         self.outbox.queue(
@@ -301,12 +303,17 @@ class Work:
         for m in asked:
             self.ask(case, m, name, deadline)
         self.audit(case, member.handle, "conflict check started; status New -> Ongoing")
+        yours = (
+            "You are excluded from it: your own conflicts list names this person, so you "
+            "will receive nothing more about this case.\n"
+            if member in excluded
+            else "You are cleared; reply /conflict if you have one.\n"
+        )
         self.reply(
             member, case,
             f'Case "{case.code_name}" now involves {name}. The conflict check went to '
             f"{len(asked)} member(s); {len(excluded)} excluded by known conflicts.\n"
-            f"Answers are due by {deadline:%Y-%m-%d %H:%M} UTC. You are cleared; reply "
-            "/conflict if you have one.\n",
+            f"Answers are due by {deadline:%Y-%m-%d %H:%M} UTC. " + yours,
         )
 
     def ask(self, case: Case, m: Member, name: str, deadline: dt.datetime) -> None:
