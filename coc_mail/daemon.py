@@ -93,7 +93,10 @@ class Daemon:
         try:
             fresh = config_mod.load(self.config_path)
         except CocMailError as exc:
-            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            # Problems quote values (names, addresses): log where they are, not what they say.
+            where = [p.split(":", 1)[0] for p in getattr(exc, "problems", [])] or ["?"]
+            log.error("reload refused, keeping the running configuration; fix %s and run "
+                      "`coc-mail check` to see the details", ", ".join(where))
             return
         self.app.settings = fresh
         self.handler.settings = fresh

@@ -222,7 +222,9 @@ class Processor:
 
     # -- new reports ------------------------------------------------------------------------
     def to_alias(self, unit: Unit, without: list[str], done_cases: set[int]) -> None:
-        case = self.case_of_reply(unit.session, unit.msg)
+        # A report that excludes a member (without.) is always a new case: filed into an old
+        # one, it would reach that member through the old case.
+        case = None if without else self.case_of_reply(unit.session, unit.msg)
         if case is None:
             self.new_case(unit, without)
             return
@@ -368,6 +370,8 @@ class Processor:
     # -- mail about an existing case --------------------------------------------------------
     def reporter_correspondence(self, unit: Unit, case: Case) -> None:
         """Mail from the reporter (or anyone replying as them): to the receiving members."""
+        locked = unit.session.exec(select(Case).where(Case.id == case.id).with_for_update())
+        case = locked.one()
         intro_lines = [
             f'The reporter of case "{case.code_name}" wrote again; their message is attached.',
             "Reply to this message to write to the case (not to the reporter).",
@@ -379,10 +383,11 @@ class Processor:
             member = self.app.settings.member_by_handle(handle)
             if member is not None:
                 self.forward(unit, case, member, intro)
-        document.add(
-            self.app.keys, unit.session, case, section=document.CORRESPONDENCE,
-            author="the reporter", body=document.text_of(unit.msg.content),
-        )
+        if case.purged_at is None:  # a purged document stays purged
+            document.add(
+                self.app.keys, unit.session, case, section=document.CORRESPONDENCE,
+                author="the reporter", body=document.text_of(unit.msg.content),
+            )
         audit.record(self.app.keys, unit.session, case.code_name, "reporter",
                      "reporter correspondence received")
         case.updated_at = utcnow()

@@ -9,6 +9,7 @@ import logging
 import threading
 from email.utils import formataddr
 
+from sqlalchemy import text
 from sqlmodel import Session, col, delete, select
 
 from . import audit
@@ -49,8 +50,10 @@ def _once(case: Case, key: str) -> bool:
     keys = set(filter(None, case.reminders.split(",")))
     if key in keys:
         return False
+    if key.startswith("stale"):  # only the latest inactivity reminder needs remembering
+        keys = {k for k in keys if not k.startswith("stale")}
     keys.add(key)
-    case.reminders = ",".join(sorted(keys))[-400:]
+    case.reminders = ",".join(sorted(keys))
     return True
 
 
@@ -58,7 +61,7 @@ def conflict_checks(app: App, session: Session, outbox: Outbox, now: dt.datetime
     """Halfway reminders to members who have not answered, and silence at the deadline."""
     changed = 0
     for case in session.exec(select(Case).where(col(Case.check_deadline).is_not(None))
-                             .where(Case.status == "Ongoing")):
+                             .with_for_update()):
         assert case.check_deadline is not None and case.check_started_at is not None
         asked = [h for h, s in standings(app, session, case).items() if s is Standing.ASKED]
         if not asked:
@@ -89,7 +92,8 @@ def conflict_checks(app: App, session: Session, outbox: Outbox, now: dt.datetime
 def case_reminders(app: App, session: Session, outbox: Outbox, now: dt.datetime) -> int:
     cfg = app.settings.cases
     sent = 0
-    for case in session.exec(select(Case).where(col(Case.status).in_(("New", "Ongoing")))):
+    for case in session.exec(select(Case).where(col(Case.status).in_(("New", "Ongoing")))
+                             .with_for_update()):
         receiving = _members(app, receiving_members(app, session, case))
         reason = ""
         if (case.status == "New" and cfg.remind_unchecked_hours
@@ -142,6 +146,10 @@ def tick(app: App, *, only_purge: bool = False) -> int:
     """One pass over every deadline, in one transaction. Returns how many things changed."""
     now = utcnow()
     with Session(app.engine, autoflush=False) as session:
+        if session.get_bind().dialect.name == "postgresql" and not session.connection().execute(
+            text("SELECT pg_try_advisory_xact_lock(7310042)")  # one daemon at a time
+        ).scalar():
+            return 0
         outbox = Outbox(app)
         changed = purge(app, session, outbox, now)
         if not only_purge:

@@ -114,6 +114,7 @@ class AuditEntry(SQLModel, table=True):
     """The append-only, hash-chained log of case changes: who, what, when; never content."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (sa.UniqueConstraint("code_name", "prev_hash", name="uq_audit_link"),)
     id: int | None = Field(default=None, primary_key=True)
     code_name: str = Field(index=True, max_length=64)
     at: dt.datetime = Field(default_factory=utcnow)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import shlex
 from collections.abc import Iterable
 from email.utils import formataddr
@@ -49,12 +50,13 @@ def declared_conflicts(app: App, session: Session) -> dict[str, list[str]]:
 
 
 def pending_members(app: App, session: Session) -> set[str]:
-    """Handles of members who have not answered their onboarding mail yet."""
-    pending = {
+    """Handles of members who may not receive case mail yet: onboarding not answered, or no
+    record at all (a member added to the file whose onboarding has not been sent)."""
+    active = {
         r.member_tag
-        for r in session.exec(select(MemberRecord).where(MemberRecord.state == "pending"))
+        for r in session.exec(select(MemberRecord).where(MemberRecord.state == "active"))
     }
-    return {m.handle for m in app.settings.members if member_tag(app, m.handle) in pending}
+    return {m.handle for m in app.settings.members if member_tag(app, m.handle) not in active}
 
 
 def reported_names(app: App, session: Session) -> list[str]:
@@ -143,6 +145,8 @@ class Work:
         if cmd.name == "help":
             self.reply(member, None, commands.help_text(case=False))
         elif cmd.name == "statusreport":
+            if member.handle in pending_members(self.app, self.session):
+                raise Refusal("Answer your onboarding mail first (/conflicts ...).")
             self.reply(member, None, status.report_text(self.app, self.session))
         elif cmd.name == "conflicts":
             self.declare_conflicts(member, cmd)
@@ -259,7 +263,7 @@ class Work:
             self.outbox.queue(
                 case=case, role=other.handle, recipient=other.email,
                 build=lambda mid, o=other: relay_message(  # type: ignore[misc]
-                    original=self.msg.content,
+                    original=self.redacted(),
                     from_name=f"{member.name} via {case.code_name}", from_addr=app.alias,
                     to=formataddr((o.name, o.email)),
                     reply_to=app.addresses.case(case.code_name, o.handle),
@@ -269,6 +273,15 @@ class Work:
         case.updated_at = utcnow()
         self.session.add(case)
         log.info("case %s: post relayed to %d member(s)", case.code_name, len(others))
+
+    def redacted(self) -> bytes:
+        """The post without any of our token addresses (a forwarded case mail would carry the
+        author's own): each becomes the plain alias."""
+        alias = self.app.alias.encode()
+        local, _, domain = alias.partition(b"@")
+        pattern = re.compile(rb"(?i)" + re.escape(local) + rb"(?:-bounces)?\+[a-z0-9.-]+@"
+                             + re.escape(domain))
+        return pattern.sub(alias, self.msg.content)
 
     # -- the conflict check -------------------------------------------------------------------
     def cmd_involves(self, case: Case, member: Member, cmd: Command) -> None:
@@ -290,8 +303,8 @@ class Work:
         declared = declared_conflicts(app, session)
         asked, excluded = [], []
         for m in app.settings.members:
-            if current.get(m.handle) is Standing.EXCLUDED or m.handle in pending:
-                continue
+            if m.handle in pending or current.get(m.handle) not in (None, Standing.NOTIFIED):
+                continue  # excluded, or left the case while it was New: never asked back
             if has_known_conflict(m, address=None, name=name, declared=declared.get(m.handle, ())):
                 set_standing(app, session, case, m.handle, Standing.EXCLUDED)
                 excluded.append(m)
@@ -337,7 +350,11 @@ class Work:
         st = self.standing(case, member)
         if st is Standing.CLEARED:
             raise Refusal("You are already cleared for this case; nothing changed.")
-        if st is Standing.SILENT:
+        late = case.check_deadline is not None and utcnow() >= case.check_deadline
+        if st is Standing.SILENT or (st is Standing.ASKED and late):
+            if st is Standing.ASKED:
+                set_standing(self.app, self.session, case, member.handle, Standing.SILENT)
+                self.audit(case, "coc-mail", "member not added: no answer to the conflict check")
             raise Refusal("The conflict check deadline has passed, so you were not added to "
                           "this case (the procedure's rule). Nothing changed.")
         if st is not Standing.ASKED:
@@ -493,6 +510,9 @@ class Work:
 
     def cmd_discard(self, case: Case, member: Member, cmd: Command) -> None:
         self.require_receiving(case, member)
+        if case.status != "New":
+            raise Refusal("Only a New case can be discarded (spam or misdirected mail is "
+                          "recognised before anyone is named); nothing changed.")
         code_name = case.code_name
         self.audit(case, member.handle, "case discarded (not a report)")
         self.reply(member, None, f'Case "{code_name}" is discarded: its report and document '
@@ -518,12 +538,44 @@ class Work:
         record.conflicts = app.keys.seal(json.dumps(names).encode(), "member_records.conflicts")
         session.add(record)
         added = self.join_open_cases(member, names) if was_pending else []
+        left = [] if was_pending else self.leave_conflicting_cases(member, names)
         self.reply(
             member, None,
             ("Thank you. Your conflicts are recorded: " + (", ".join(names) or "none") + ".\n")
             + (f"You are now part of {len(added)} open case(s); each one's report follows.\n"
-               if was_pending else ""),
+               if was_pending else "")
+            + (f"You are out of {len(left)} case(s) where you now have a conflict.\n"
+               if left else ""),
         )
+
+    def conflicted_with(self, member: Member, case: Case, declared: Iterable[str]) -> bool:
+        """Known conflict with the case's reporter (address or name) or reported person."""
+        app = self.app
+        reporter = app.keys.open_text(case.reporter, "cases.reporter") if case.reporter else None
+        reporter_name = None
+        if case.report is not None:
+            from .spool import Envelope
+
+            report = app.keys.open(case.report, "cases.report")
+            reporter_name = Incoming(Envelope("", []), report).from_name or None
+        reported = document.reported_of(app.keys, case) or None
+        return has_known_conflict(member, address=reporter, name=reporter_name,
+                                  declared=declared) or (
+            reported is not None
+            and has_known_conflict(member, address=None, name=reported, declared=declared)
+        )
+
+    def leave_conflicting_cases(self, member: Member, declared: Iterable[str]) -> list[Case]:
+        """A member declared new conflicts: leave every open case they now conflict with."""
+        left = []
+        for case in self.session.exec(select(Case).where(col(Case.status).in_(OPEN))):
+            if self.standing(case, member) in (Standing.NOTIFIED, Standing.ASKED,
+                                               Standing.CLEARED) and self.conflicted_with(
+                    member, case, list(declared)):
+                set_standing(self.app, self.session, case, member.handle, Standing.CONFLICTED)
+                self.audit(case, member.handle, "member declared a conflict (/conflicts)")
+                left.append(case)
+        return left
 
     def join_open_cases(self, member: Member, declared: Iterable[str]) -> list[Case]:
         """After onboarding: join every open case where the member has no conflict."""
@@ -532,16 +584,13 @@ class Work:
         for case in session.exec(select(Case).where(col(Case.status).in_(OPEN))):
             if self.standing(case, member) is not None:
                 continue
-            reported = document.reported_of(app.keys, case)
-            reporter = (app.keys.open_text(case.reporter, "cases.reporter")
-                        if case.reporter else None)
-            conflicted = has_known_conflict(member, address=reporter, name=None,
-                                            declared=declared) or (
-                bool(reported) and has_known_conflict(member, address=None, name=reported,
-                                                      declared=declared))
-            if conflicted:
+            if self.conflicted_with(member, case, list(declared)):
                 set_standing(app, session, case, member.handle, Standing.EXCLUDED)
                 continue
+            if case.status == "New" and not (
+                app.settings.intake.forward == "all" or "triage" in member.roles
+            ):
+                continue  # like at intake: the conflict check (/involves) will ask them
             standing = Standing.NOTIFIED if case.status == "New" else Standing.CLEARED
             set_standing(app, session, case, member.handle, standing)
             self.audit(case, member.handle, "member joined after onboarding")

@@ -23,7 +23,7 @@ def test_reply_to_our_mail_is_routed_to_its_case(daemon: Daemon) -> None:
     assert len(case_lines(daemon)) == 1, "no new case for a reply"
     for member in ("ada@example.net", "grace@example.net", "linus@example.net"):
         second = later[member][1]
-        assert str(second["Subject"]).startswith(f"[{code_name}] Re:")
+        assert str(second["Subject"]).strip().startswith(f"[{code_name}] Re:")
         assert second["Subject"].count(f"[{code_name}]") == 1
         assert "wrote again" in second.text
     assert len(later["reporter@example.com"]) == 1, "no second acknowledgment"

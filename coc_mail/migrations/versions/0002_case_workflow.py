@@ -28,7 +28,8 @@ def upgrade() -> None:
     sa.Column('action', sa.String(length=200), nullable=False),
     sa.Column('prev_hash', sa.String(length=64), nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('code_name', 'prev_hash', name='uq_audit_link')
     )
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_log_code_name'), ['code_name'], unique=False)
