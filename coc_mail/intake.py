@@ -123,9 +123,12 @@ class IntakeHandler:
 
 
 class BoundedSMTP(SMTP):
-    """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it)."""
+    """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it), and lines up to
+    64 KiB: RFC 5321 says 1000, but real mail (HTML from some clients) has longer lines and a
+    report must not bounce for it (Postfix accepts them too)."""
 
     active = 0
+    line_length_limit = 65536
 
     def __init__(self, handler: Any, *, max_connections: int, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
