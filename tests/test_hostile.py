@@ -154,10 +154,12 @@ def test_intake_fuzz_over_smtp(fuzz_daemon: Daemon, tmp_path: Path) -> None:
     import random
 
     rng = random.Random(1234)
-    pieces = list(CORPUS.values()) + [b"From: x@example.com\r\n", b"\r\n", b"\xff\xfe", b"\x00",
-                                      b"Content-Type: multipart/mixed\r\n", b"=?x?q?y?="]
+    extra = [b"From: x@example.com\r\n", b"\r\n", b"\xff\xfe", b"\x00",
+             b"Content-Type: multipart/mixed\r\n", b"=?x?q?y?="]
+    pieces = [*CORPUS.values(), *extra]
     for _ in range(40):
-        data = b"".join(rng.choice(pieces)[: rng.randint(0, 300)] for _ in range(rng.randint(1, 8)))
+        count = rng.randint(1, 8)
+        data = b"".join(rng.choice(pieces)[: rng.randint(0, 300)] for _ in range(count))
         client = Raw(fuzz_daemon.port)
         try:
             code, _ = client.mail(data.replace(b"\r\n.\r\n", b"\r\n..\r\n"))
