@@ -106,6 +106,9 @@ class Server(_Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     max_connections: int = Field(default=200, gt=0)
+    max_connections_per_ip: int = Field(default=20, gt=0)
+    max_session_seconds: float = Field(default=1800, gt=0)
+    unknown_recipients_per_10_minutes: int = Field(default=20, gt=0)
     timeout_seconds: float = Field(default=300.0, gt=0)
     pid_file: str = "var/coc-mail.pid"
 

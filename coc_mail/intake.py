@@ -25,6 +25,7 @@ from . import verdicts
 from .addresses import Addresses
 from .config import Settings
 from .errors import StoreUnavailable
+from .limits import Limits
 from .message import header_block
 from .spool import DiskFull, Envelope, Spool
 
@@ -43,6 +44,10 @@ class IntakeHandler:
         self.spool = spool
         self.loop_marker = addresses.alias.encode()
         self.accepting = True
+        self.limits = Limits(
+            max_per_ip=settings.server.max_connections_per_ip,
+            unknown_per_window=settings.server.unknown_recipients_per_10_minutes,
+        )
 
     def _lookup(self, address: str) -> str:
         recipient = self.addresses.parse(address)
@@ -61,6 +66,9 @@ class IntakeHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= verdicts.MAX_RECIPIENTS:
             return verdicts.TOO_MANY_RCPTS
+        ip = str(session.peer[0]) if session.peer else ""
+        if self.limits.penalised(ip):
+            return verdicts.GUESSING
         recipient = self.addresses.parse(address)
         try:
             if verdicts.needs_database(recipient):
@@ -74,8 +82,9 @@ class IntakeHandler:
             if address.lower() not in (a.lower() for a in envelope.rcpt_tos):
                 envelope.rcpt_tos.append(address)  # a repeated RCPT is accepted once
         else:
-            peer = session.peer[0] if session.peer else "?"
-            log.info("rcpt: refused %s from %s", reply[:9], peer)
+            if reply == verdicts.NO_SUCH_USER:
+                self.limits.miss(ip)
+            log.info("rcpt: refused %s from %s", reply[:9], ip or "?")
         return reply
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
@@ -130,19 +139,39 @@ class BoundedSMTP(SMTP):
     active = 0
     line_length_limit = 65536
 
-    def __init__(self, handler: Any, *, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_connections: int,
+        limits: Limits,
+        max_session_seconds: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
+        self.limits = limits
+        self.max_session_seconds = max_session_seconds
         self._counted = False
+        self._ip = ""
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if BoundedSMTP.active >= self.max_connections:
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if peer else ""
+        too_many = BoundedSMTP.active >= self.max_connections
+        if too_many or not self.limits.open(self._ip):
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
             transport.close()
             return
         BoundedSMTP.active += 1
         self._counted = True
+        # A whole session, however busy, has a time limit (slowloris clients trickle bytes
+        # and are never idle).
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.max_session_seconds, transport.close
+        )
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -150,6 +179,9 @@ class BoundedSMTP(SMTP):
             return
         BoundedSMTP.active -= 1
         self._counted = False
+        self.limits.close(self._ip)
+        if self._deadline is not None:
+            self._deadline.cancel()
         super().connection_lost(error)
 
 
@@ -166,6 +198,8 @@ def smtp_factory(settings: Settings, handler: IntakeHandler) -> BoundedSMTP:
     return BoundedSMTP(
         handler,
         max_connections=settings.server.max_connections,
+        limits=handler.limits,
+        max_session_seconds=settings.server.max_session_seconds,
         data_size_limit=settings.server.max_message_bytes,
         enable_SMTPUTF8=True,
         decode_data=False,

@@ -1,0 +1,71 @@
+"""Attacks at the SMTP edge: token guessing is slowed down, one client cannot take every
+connection, and a slow-drip client is cut off."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from .helpers import ALIAS, Daemon, make_report
+
+
+def test_guessing_tokens_is_penalised_without_revealing_anything(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    d = Daemon(tmp_path, sqlite_url, extra={"server": {"unknown_recipients_per_10_minutes": 5}})
+    d.start()
+    try:
+        with d.smtp() as s:
+            s.ehlo()
+            s.mail("guesser@example.com")
+            codes = [s.rcpt(f"conduct+happy-otter.{'a' * 15}{c}@example.org")[0]
+                     for c in "abcdefgh"]
+            assert codes[:5] == [550] * 5  # the same answer as for any unknown address
+            assert set(codes[5:]) == {450}
+            assert s.rcpt(ALIAS)[0] == 450, "even real addresses wait until the penalty ends"
+    finally:
+        d.stop()
+
+
+def test_connections_per_client_and_session_length_are_bounded(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    d = Daemon(tmp_path, sqlite_url, extra={
+        "server": {"max_connections_per_ip": 3, "max_session_seconds": 2}})
+    d.start()
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", d.port))
+            assert sock.recv(100).startswith(b"220")
+            socks.append(sock)
+        extra = socket.create_connection(("127.0.0.1", d.port))
+        assert extra.recv(100).startswith(b"421")
+        extra.close()
+        # A slow-drip client: one byte at a time, never idle — cut off after 2 s.
+        drip = socks[0]
+        start = time.monotonic()
+        closed = False
+        while time.monotonic() - start < 6:
+            try:
+                drip.sendall(b"N")
+                if drip.recv(100, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        assert closed, "the session outlived max_session_seconds"
+        for sock in socks:
+            sock.close()
+        time.sleep(0.5)
+        d.send(make_report())  # the slots are free again
+        d.wait_delivered(4)
+    finally:
+        for sock in socks:
+            sock.close()
+        d.stop()
