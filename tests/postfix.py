@@ -48,6 +48,7 @@ class PrivatePostfix:
         ]
         (conf / "master.cf").write_text("\n".join(master) + "\n")
         domains = sorted({a.split("@")[1] for a in mailboxes})
+        host, port = relay_to.rsplit(":", 1)
         boxes = ", ".join(f"{a}={a}/" for a in mailboxes)
         (conf / "main.cf").write_text(
             f"""compatibility_level = 3.6
@@ -62,7 +63,7 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 relay_domains = {relay_domain}
-transport_maps = inline:{{ {relay_domain}=smtp:[{relay_to.rsplit(':', 1)[0]}]:{relay_to.rsplit(':', 1)[1]} }}
+transport_maps = inline:{{ {relay_domain}=smtp:[{host}]:{port} }}
 virtual_mailbox_domains = {' '.join(domains)}
 virtual_mailbox_base = {mail}
 virtual_mailbox_maps = inline:{{ {boxes} }}
