@@ -37,6 +37,7 @@ from .workflow import Work, declared_conflicts, pending_members
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+DIGEST_PENDING = "digest-pending"
 DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
 
 
@@ -262,9 +263,13 @@ class Processor:
             for m in self.app.settings.members
             if m not in decision.excluded and m.handle not in pending
         ]
-        intro = self.intake_intro(case, verdict)
-        for member in recipients:
-            self.forward(unit, case, member, intro)
+        flood = self.flooding(session, reporter or "", msg.envelope.peer)
+        if flood:  # never dropped: opened, and listed in the next digest instead of mailed
+            case.reminders = DIGEST_PENDING
+        else:
+            intro = self.intake_intro(case, verdict)
+            for member in recipients:
+                self.forward(unit, case, member, intro)
         if reporter and not msg.is_automatic() and self.ack_allowed(session, reporter):
             self.acknowledge(unit, case, reporter)
         session.add(case)
@@ -277,11 +282,31 @@ class Processor:
         if not recipients:
             log.error("case %s: every member is excluded; nobody received it", case.code_name)
         log.info(
-            "case %s opened: %d recipient(s), %d excluded",
+            "case %s opened: %d recipient(s), %d excluded%s",
             case.code_name,
             len(recipients),
             len(decision.excluded),
+            " (a flood: held for the digest)" if flood else "",
         )
+
+    def flooding(self, session: Session, sender: str, peer: str) -> bool:
+        """Has this sender, or this client address, sent more reports this hour than
+        ``intake.reports_per_hour_before_digest``? (Counted under keyed tags.)"""
+        limit = self.app.settings.intake.reports_per_hour_before_digest
+        if not limit:
+            return False
+        now = utcnow()
+        hour = f"{now:%Y%m%d%H}"
+        over = False
+        for who in {f"sender:{sender.lower()}" if sender else "", f"ip:{peer}" if peer else ""}:
+            if not who:
+                continue
+            tag = self.app.keys.tag("flood", who, hour)
+            row = session.get(AckBudget, tag) or AckBudget(tag=tag, day=now.date(), count=0)
+            row.count += 1
+            session.add(row)
+            over = over or row.count > limit
+        return over
 
     def intake_intro(self, case: Case, verdict: dkim.Verdict | None) -> str:
         committee = self.app.settings.committee

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import threading
 from email.utils import formataddr
+from functools import partial
 
 from sqlalchemy import text
 from sqlmodel import Session, col, delete, select
@@ -18,7 +19,7 @@ from .cases import Standing, member_tag, receiving_members, set_standing, standi
 from .compose import text_message
 from .config import Member
 from .outbox import Outbox
-from .store import Case, CaseMember, DocEntry, utcnow
+from .store import AckBudget, Case, CaseMember, DocEntry, utcnow
 
 log = logging.getLogger(__name__)
 WARN_BEFORE_PURGE = dt.timedelta(days=7)
@@ -142,6 +143,58 @@ def purge(app: App, session: Session, outbox: Outbox, now: dt.datetime) -> int:
     return purged
 
 
+def digests(app: App, session: Session, outbox: Outbox) -> int:
+    """Reports held during a flood: one message per member listing the new cases, each with
+    the member's own address for it (reply there with /doc to read one, /discard for spam)."""
+    held = session.exec(
+        select(Case).where(col(Case.reminders).contains("digest-pending")).with_for_update()
+    ).all()
+    if not held:
+        return 0
+    per_member: dict[str, list[Case]] = {}
+    for case in held:
+        case.reminders = case.reminders.replace("digest-pending", "digest-sent")
+        session.add(case)
+        for handle in receiving_members(app, session, case):
+            per_member.setdefault(handle, []).append(case)
+    for member in app.settings.members:
+        cases = per_member.get(member.handle)
+        if not cases:
+            continue
+        lines = [
+            f"{len(cases)} report(s) arrived from one sender or client address in a short",
+            "time (a flood?). Each one is a case, listed here instead of mailed one by one:",
+            "",
+        ] + [
+            f"  {c.code_name:<28} {c.opened_at:%Y-%m-%d %H:%M} UTC  "
+            f"{app.addresses.case(c.code_name, member.handle)}"
+            for c in cases
+        ] + [
+            "",
+            "Write to a case's address with /doc to read its report, /discard if it is spam,",
+            "or /involves NAME to start its conflict check.",
+        ]
+        subject = f"{len(cases)} new report(s) held during a flood"
+        outbox.queue(
+            case=None, role=member.handle, recipient=member.email,
+            build=partial(_notice, app, member, subject, "\n".join(lines) + "\n"),
+        )
+    log.info("digest of %d held report(s) sent", len(held))
+    return len(held)
+
+
+def _notice(app: App, member: Member, subject: str, body: str, message_id: str) -> bytes:
+    return text_message(
+        from_name=app.settings.committee.name, from_addr=app.alias,
+        to=formataddr((member.name, member.email)), reply_to=app.addresses.member(member.handle),
+        subject=subject, body=body, message_id=message_id, loop=app.alias,
+    )
+
+
+def forget_old_counters(session: Session, now: dt.datetime) -> None:
+    session.exec(delete(AckBudget).where(col(AckBudget.day) < now.date()))
+
+
 def tick(app: App, *, only_purge: bool = False) -> int:
     """One pass over every deadline, in one transaction. Returns how many things changed."""
     now = utcnow()
@@ -153,8 +206,10 @@ def tick(app: App, *, only_purge: bool = False) -> int:
         outbox = Outbox(app)
         changed = purge(app, session, outbox, now)
         if not only_purge:
+            changed += digests(app, session, outbox)
             changed += conflict_checks(app, session, outbox, now)
             changed += case_reminders(app, session, outbox, now)
+            forget_old_counters(session, now)
         outbox.write(session)
         session.commit()
     return changed

@@ -69,3 +69,30 @@ def test_connections_per_client_and_session_length_are_bounded(
         for sock in socks:
             sock.close()
         d.stop()
+
+
+def test_a_flood_opens_every_case_but_members_get_a_digest(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    d = Daemon(tmp_path, sqlite_url, extra={
+        "intake": {"reports_per_hour_before_digest": 2, "acknowledgments_per_day": 1},
+        "cases": {"check_interval_seconds": 0.5}})
+    d.start()
+    try:
+        for i in range(6):
+            d.send(make_report(subject=f"flood {i}"))
+        copies = d.wait_delivered(2 * 3 + 1 + 3, timeout=30)  # 2 reports, 1 ack, 3 digests
+        digests = [c for c in copies if "held during a flood" in str(c["Subject"])]
+        assert sorted(c.to for c in digests) == ["ada@example.net", "grace@example.net",
+                                                 "linus@example.net"]
+        assert "4 report(s)" in digests[0].text
+        assert len(d.cli("cases").stdout.splitlines()) == 7, "every report is a case"
+        # A member reads a held report through the case address the digest gives.
+        grace = next(c for c in digests if c.to == "grace@example.net")
+        address = next(w for w in grace.text.split() if w.startswith("conduct+"))
+        d.send(make_report(sender="Grace Sample <grace@example.net>", to=address, body="/doc"),
+               sender="grace@example.net", to=[address])
+        doc = d.wait_delivered(11)[-1]
+        assert doc.to == "grace@example.net" and "Case document" in str(doc["Subject"])
+    finally:
+        d.stop()
