@@ -298,6 +298,8 @@ class Processor:
         now = utcnow()
         hour = f"{now:%Y%m%d%H}"
         over = False
+        if peer in self.app.settings.intake.trusted_relays:
+            peer = ""  # a front MTA relays for everyone: count senders only
         for who in {f"sender:{sender.lower()}" if sender else "", f"ip:{peer}" if peer else ""}:
             if not who:
                 continue
