@@ -31,7 +31,9 @@ class PrivatePostfix:
     """Postfix on 127.0.0.1:<port>: relays ``relay_domain`` to ``relay_to`` and delivers the
     ``mailboxes`` (addresses) into Maildirs under ``root/mail/<address>/``."""
 
-    def __init__(self, *, relay_domain: str, relay_to: str, mailboxes: list[str]) -> None:
+    def __init__(
+        self, *, relay_domain: str, relay_to: str, mailboxes: list[str], extra: str = ""
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="coc-postfix-"))
         self.root.chmod(0o755)
         self.port = free_port()
@@ -47,7 +49,7 @@ class PrivatePostfix:
             for line in master
         ]
         (conf / "master.cf").write_text("\n".join(master) + "\n")
-        domains = sorted({a.split("@")[1] for a in mailboxes})
+        domains = sorted({a.split("@")[1] for a in mailboxes}) or ["mailboxes.invalid"]
         host, port = relay_to.rsplit(":", 1)
         boxes = ", ".join(f"{a}={a}/" for a in mailboxes)
         (conf / "main.cf").write_text(
@@ -74,6 +76,7 @@ smtpd_tls_security_level = none
 alias_maps =
 alias_database =
 smtputf8_enable = yes
+{extra}
 """
         )
         self.conf = conf
