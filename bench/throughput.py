@@ -164,8 +164,9 @@ def run_once(args: argparse.Namespace) -> Run:
     aliases = f"{ALIAS}={','.join(MEMBERS)}"
     mx = postfix.PrivatePostfix(
         relay_domain="example.net", relay_to=f"127.0.0.1:{sink.port}", mailboxes=[],
-        extra=f"virtual_alias_domains = example.org\nvirtual_alias_maps = inline:{{ {aliases} }}"
-              "\ndefault_destination_concurrency_limit = 20",
+        extra="virtual_alias_domains = example.org\n"
+              f"virtual_alias_maps = inline:{{ {{{aliases}}} }}\n"
+              "default_destination_concurrency_limit = 20",
     ).start()
     start = time.perf_counter()
     result.accept["Postfix"] = n / smtp_source(mx.port, n, args.sessions, args.size)
@@ -176,7 +177,8 @@ def run_once(args: argparse.Namespace) -> Run:
     # 3. coc-mail: 5 members -> smtp-sink
     root = Path(tempfile.mkdtemp(prefix="coc-bench-"))
     d = Daemon(root, f"sqlite:///{root}/var/coc-mail.db", relay=f"smtp://127.0.0.1:{sink.port}",
-               members=[{"name": f"Member {i}", "email": m} for i, m in enumerate(MEMBERS, 1)],
+               members=[{"name": f"Member {i}", "email": m, "handle": f"m{i}"}
+                        for i, m in enumerate(MEMBERS, 1)],
                extra={"server": {"max_message_bytes": 26_214_400},
                       "intake": {"reports_per_hour_before_digest": 0,
                                  "acknowledgments_per_day": 0},
