@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 from sqlalchemy import or_
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, delete, select, update
 
 from .app import App
 from .errors import DeliveryError
@@ -94,47 +94,85 @@ class MaildirTransport:
             raise DeliveryError(f"maildir: {exc.strerror}", permanent=False) from None
 
 
-@dataclass
 class SmtpTransport:
     """Delivers through an SMTP relay: ``smtp://`` (STARTTLS when offered, or required with
-    ``delivery.require_tls``) or ``smtps://`` (TLS from the start), AUTH when configured."""
+    ``delivery.require_tls``) or ``smtps://`` (TLS from the start), AUTH when configured.
+    Connections are kept open and reused (at most ``pool`` idle ones), as Postfix's
+    connection cache does; a reused connection that fails is replaced once."""
 
-    url: str
-    username: str | None
-    password: str | None
-    require_tls: bool
-    timeout: float
-    ca_file: str | None = None
+    def __init__(
+        self,
+        url: str,
+        username: str | None,
+        password: str | None,
+        require_tls: bool,
+        timeout: float,
+        ca_file: str | None = None,
+        pool: int = 4,
+    ) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or ""
+        self.implicit = parts.scheme == "smtps"
+        self.port = parts.port or (465 if self.implicit else 25)
+        self.username, self.password = username, password
+        self.require_tls, self.timeout = require_tls, timeout
+        self.context = ssl.create_default_context(cafile=ca_file)  # built once: it is costly
+        self.pool = pool
+        self.idle: list[aiosmtplib.SMTP] = []
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, use_tls=self.implicit,
+            start_tls=True if self.require_tls else None, tls_context=self.context,
+            timeout=self.timeout,
+        )
+        await client.connect()
+        if self.username:
+            await client.login(self.username, self.password or "")
+        return client
 
     async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
-        parts = urlsplit(self.url)
-        implicit = parts.scheme == "smtps"
+        reused = bool(self.idle)
+        client = self.idle.pop() if reused else None
         try:
-            await aiosmtplib.send(
-                content,
-                sender=envelope_from,
-                recipients=[recipient],
-                hostname=parts.hostname,
-                port=parts.port or (465 if implicit else 25),
-                use_tls=implicit,
-                start_tls=True if self.require_tls else None,
-                username=self.username,
-                password=self.password,
-                timeout=self.timeout,
-                tls_context=ssl.create_default_context(cafile=self.ca_file),
-            )
+            try:
+                if client is None or not client.is_connected:
+                    client = await self._connect()
+                await client.sendmail(envelope_from, [recipient], content)
+            except aiosmtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                client = await self._connect()  # the relay closed an idle connection
+                await client.sendmail(envelope_from, [recipient], content)
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            await _close(client)
             refusal = exc.recipients[0] if exc.recipients else None
             code = refusal.code if refusal else 450
             raise DeliveryError(
                 f"{code} {refusal.message if refusal else ''}", permanent=500 <= code < 600
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
+            await _close(client)
             raise DeliveryError(
                 f"{exc.code} {exc.message}", permanent=500 <= exc.code < 600
             ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await _close(client)
             raise DeliveryError(f"relay: {type(exc).__name__}: {exc}", permanent=False) from None
+        if len(self.idle) < self.pool:
+            self.idle.append(client)
+        else:
+            await _close(client)
+
+
+async def _close(client: aiosmtplib.SMTP | None) -> None:
+    if client is None:
+        return
+    with contextlib.suppress(Exception):
+        if client.is_connected:
+            await client.quit()
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def _redact(error: DeliveryError) -> str:
@@ -155,6 +193,7 @@ def make_transport(app: App) -> Transport:
         delivery.require_tls,
         delivery.timeout_seconds,
         delivery.tls_ca_file,
+        pool=delivery.workers,
     )
 
 
@@ -232,12 +271,11 @@ class Deliverer:
             except Exception:  # noqa: BLE001 - the lease just runs out; another try later
                 log.warning("delivery: could not renew leases")
 
-    def done(self, copy: Claimed) -> None:
+    def done_many(self, copies: list[Claimed]) -> None:
+        """Delete delivered copies (nothing is archived), in one transaction."""
         with Session(self.app.engine) as session:
-            row = session.get(Outbound, copy.id)
-            if row is not None:
-                session.delete(row)
-                session.commit()
+            session.exec(delete(Outbound).where(col(Outbound.id).in_([c.id for c in copies])))
+            session.commit()
 
     def failed(self, copy: Claimed, error: DeliveryError) -> None:
         with Session(self.app.engine) as session:
@@ -296,19 +334,16 @@ class Deliverer:
         return max(0.0, (due - utcnow()).total_seconds())
 
     # -- the loop -----------------------------------------------------------------------------
-    async def deliver(self, copy: Claimed) -> None:
+    async def deliver(self, copy: Claimed) -> bool:
+        """Send one copy; a failure is recorded at once, a success by the caller (batched)."""
         try:
             await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, copy.content)
         except DeliveryError as exc:
             self.deferred += 1
             await self._record(self.failed, copy, exc)
-            return
+            return False
         self.delivered += 1
-        if await self._record(self.done, copy):
-            log.info("delivery: copy %s delivered", copy.uid)
-        else:
-            log.error("delivery: copy %s delivered but not recorded; it may be sent again",
-                      copy.uid)
+        return True
 
     async def _record(self, func: Callable[..., None], *args: object) -> bool:
         """Run a queue update, retrying a few times through a busy or restarting database."""
@@ -322,16 +357,40 @@ class Deliverer:
         return False
 
     async def _deliver_all(self, batch: list[Claimed], workers: int) -> None:
+        """Deliver a batch concurrently; delivered copies are deleted as they come, a few at a
+        time in one transaction (one fsync for many copies)."""
         sem = asyncio.Semaphore(workers)
+        sent: list[Claimed] = []
+        flushing = asyncio.Lock()
+
+        async def flush() -> None:
+            async with flushing:
+                chunk, sent[:] = sent[:], []
+                if not chunk:
+                    return
+                if await self._record(self.done_many, chunk):
+                    for c in chunk:
+                        log.info("delivery: copy %s delivered", c.uid)
+                else:
+                    log.error("delivery: %d delivered copies not recorded; they may be sent "
+                              "again", len(chunk))
+                for c in chunk:
+                    self.in_flight.discard(c.id)
 
         async def one(c: Claimed) -> None:
-            try:
-                async with sem:
-                    await self.deliver(c)
-            finally:
+            async with sem:
+                ok = await self.deliver(c)
+            if ok:
+                sent.append(c)
+                if len(sent) >= workers:
+                    await flush()
+            else:
                 self.in_flight.discard(c.id)
 
-        await asyncio.gather(*(one(c) for c in batch))
+        try:
+            await asyncio.gather(*(one(c) for c in batch))
+        finally:
+            await flush()
 
     def stop(self) -> None:
         """Claim nothing more; :meth:`run` returns once the copies in hand are done."""
