@@ -111,6 +111,7 @@ class Server(_Section):
     unknown_recipients_per_10_minutes: int = Field(default=20, gt=0)
     timeout_seconds: float = Field(default=300.0, gt=0)
     pid_file: str = "var/coc-mail.pid"
+    require_tls_for_members: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -109,6 +109,7 @@ class IntakeHandler:
             rcpt_tos=list(envelope.rcpt_tos),
             peer=str(session.peer[0]) if session.peer else "",
             smtputf8=smtputf8,
+            tls=session.ssl is not None,
         )
         try:
             queue_id = await self.spool.put(spooled, content)

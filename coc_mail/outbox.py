@@ -28,7 +28,7 @@ class Pending:
     case: Case | None
     role: str
     recipient: str
-    signed: bytes
+    sealed: bytes  # the signed message, sealed at once (the plain copy is not kept around)
 
 
 @dataclass
@@ -52,9 +52,9 @@ class Outbox:
         is stored sealed next to the Message-ID so replies and bounces find their case.
         """
         message_id = new_message_id(self.app.domain)
-        signed = self.app.signer.sign(build(message_id))
+        sealed = self.app.keys.seal(self.app.signer.sign(build(message_id)), "outbound.content")
         self.pending.append(
-            Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, signed)
+            Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, sealed)
         )
         return message_id
 
@@ -80,7 +80,7 @@ class Outbox:
                     case_id=case_id,
                     envelope_from=self.app.addresses.bounce(p.uid),
                     recipient=keys.seal_text(p.recipient, "outbound.recipient"),
-                    content=keys.seal(p.signed, "outbound.content"),
+                    content=p.sealed,
                 )
             )
         count = len(self.pending)

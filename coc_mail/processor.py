@@ -464,6 +464,8 @@ class Processor:
         msg = unit.msg
         if msg.from_address != member.email:
             return "its From: address is not yours"
+        if self.app.settings.server.require_tls_for_members and not msg.envelope.tls:
+            return "it did not arrive over an encrypted (STARTTLS) connection"
         if self.app.settings.dkim.require_aligned_members:
             verdict = unit.verdict()
             domain = member.email.rpartition("@")[2]

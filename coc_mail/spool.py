@@ -39,6 +39,7 @@ class Envelope:
     rcpt_tos: list[str]
     peer: str = ""
     smtputf8: bool = False
+    tls: bool = False  # the session was encrypted (STARTTLS)
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__).encode()

@@ -96,3 +96,33 @@ def test_a_flood_opens_every_case_but_members_get_a_digest(
         assert doc.to == "grace@example.net" and "Case document" in str(doc["Subject"])
     finally:
         d.stop()
+
+
+def test_members_can_be_required_to_use_tls(tmp_path: Path, sqlite_url: str) -> None:
+    import smtplib
+    import ssl
+
+    from .test_operations import self_signed
+
+    cert, key = self_signed(tmp_path)
+    d = Daemon(tmp_path, sqlite_url, extra={"server": {
+        "tls_cert": str(cert), "tls_key": str(key), "require_tls_for_members": True}})
+    d.start()
+    try:
+        d.send(make_report())
+        grace = next(c for c in d.wait_delivered(4) if c.to == "grace@example.net")
+        address = grace["Reply-To"].addresses[0].addr_spec
+        command = make_report(sender="Grace Sample <grace@example.net>", to=address,
+                              body="/doc")
+        d.send(command, sender="grace@example.net", to=[address])  # in the clear: ignored
+        notice = d.wait_delivered(5)[-1]
+        assert "encrypted" in notice.text and "Case document" not in str(notice["Subject"])
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+            s.starttls(context=context)
+            s.send_message(command, from_addr="grace@example.net", to_addrs=[address])
+        doc = d.wait_delivered(6)[-1]
+        assert "Case document" in str(doc["Subject"])
+    finally:
+        d.stop()
