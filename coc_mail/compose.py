@@ -25,14 +25,6 @@ from .errors import TemplateProblem
 from .store import utcnow
 
 TEMPLATE_SUFFIX = ".txt.j2"
-DEFAULT_TEMPLATES = (
-    "acknowledgment",
-    "followup",
-    "resolution",
-    "conflict-check",
-    "onboarding",
-    "reminder",
-)
 
 
 def one_line(text: str, limit: int = 200) -> str:

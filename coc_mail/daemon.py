@@ -156,7 +156,12 @@ class Daemon:
             await asyncio.wait_for(delivery, 30)
         except (TimeoutError, asyncio.CancelledError):
             log.warning("stopping: copies still in flight are left to the next start")
-        log.info("stopped")
+        log.info(
+            "stopped: %d message(s) accepted in %d commit(s), %d processed, %d copies "
+            "delivered, %d deferrals",
+            self.spool.messages, self.spool.commits, self.processor.processed,
+            self.deliverer.delivered, self.deliverer.deferred,
+        )
 
 
 def serve(settings: Settings, config_path: str | None) -> None:

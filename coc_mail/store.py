@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
-from .errors import StorageKeyError, StoreUnavailable
+from .errors import StorageKeyError
 
 
 def utcnow() -> dt.datetime:
@@ -223,8 +223,3 @@ def check_key(engine: Engine, keys: Any) -> None:
                 "the storage key does not open this database: restore the key file that was "
                 "used when it was created (or set COC_MAIL_KEY to it)"
             )
-
-
-def translate_db_error(exc: BaseException) -> StoreUnavailable:
-    """Turn a driver error into our temporary-failure vocabulary (no SQL, no values)."""
-    return StoreUnavailable(f"database unavailable: {type(exc).__name__}")

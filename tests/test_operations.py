@@ -169,7 +169,7 @@ def test_sigterm_stops_cleanly(sqlite_daemon: Daemon) -> None:
     assert d.proc is not None
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(30) == 0
-    assert "stopped" in d.log_text()
+    assert "stopped: 1 message(s) accepted" in d.log_text()
     assert not (d.var / "coc-mail.pid").exists()
 
 
