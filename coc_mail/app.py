@@ -56,6 +56,8 @@ def build(settings: Settings, *, create_keys: bool = False, migrate: bool = True
     engine = store.make_engine(settings.database_url)
     if migrate:
         store.migrate(engine)
+    else:
+        store.check_schema(engine)
     store.check_key(engine, keys)
     return App(
         settings=settings,

@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
-from .errors import StorageKeyError
+from .errors import CocMailError, StorageKeyError
 
 
 def utcnow() -> dt.datetime:
@@ -189,6 +189,23 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(
         url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True
     )
+
+
+SCHEMA_HEAD = "0002"  # the newest migration; tests/test_workflow_more.py keeps them in step
+
+
+def check_schema(engine: Engine) -> None:
+    """For commands that do not migrate: refuse a database that is not at SCHEMA_HEAD."""
+    try:
+        with engine.connect() as conn:
+            current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except sa.exc.DBAPIError:
+        current = None
+    if current != SCHEMA_HEAD:
+        raise CocMailError(
+            f"the database schema is at {current or 'nothing'}, this coc-mail needs "
+            f"{SCHEMA_HEAD}: start `coc-mail serve` once to create or upgrade it"
+        )
 
 
 def migrate(engine: Engine) -> None:

@@ -140,6 +140,9 @@ def test_schema_upgrade_keeps_cases(tmp_path: Path) -> None:
             "VALUES ('home shelf', 'New', '2026-01-01 10:00:00', '2026-01-01 10:00:00', 'x')"
         )
     store.migrate(engine)
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(cfg).get_current_head() == store.SCHEMA_HEAD
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT code_name, reminders FROM cases").all() == [
             ("home shelf", "")]
