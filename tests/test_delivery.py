@@ -85,7 +85,8 @@ def test_killed_during_a_burst_loses_nothing_that_got_250(
 ) -> None:
     """SIGKILL while reports arrive and copies are being delivered. Every report that got
     250 reaches every member; a duplicate is possible only for a copy that was in flight
-    (the relay said 250, the daemon died before recording it): at most one per worker."""
+    (the relay said 250, the daemon died before recording it): at most two per worker
+    (one being sent, one awaiting its batched deletion)."""
     relay = Relay().start()
     d = Daemon(tmp_path, sqlite_url, relay=relay.url)
     d.start()
@@ -118,7 +119,8 @@ def test_killed_during_a_burst_loses_nothing_that_got_250(
         time.sleep(1)
         copies = member_copies()
         duplicates = sum(n - 1 for n in copies.values())
-        assert duplicates <= 4, f"{duplicates} duplicates: more than the copies in flight"
+        # In flight (4 workers) plus delivered and awaiting their batched deletion (up to 4).
+        assert duplicates <= 8, f"{duplicates} duplicates: more than the copies in flight"
         cases = len(d.cli("cases").stdout.splitlines()) - 1
         assert len(accepted) <= cases <= 40
     finally:
