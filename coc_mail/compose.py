@@ -165,6 +165,42 @@ def text_message(
     return crlf(msg.as_bytes(policy=SMTP))
 
 
+@dataclass(frozen=True)
+class ForwardBody:
+    """The body of a forwarded copy (a text part and the original attached byte for byte),
+    built once and shared by every member's copy of the same message."""
+
+    boundary: str
+    body: bytes
+
+    @classmethod
+    def build(cls, intro: str, original: bytes) -> ForwardBody:
+        original = crlf(original)
+        boundary = "coc-" + secrets.token_hex(12)
+        while boundary.encode() in original:
+            boundary = "coc-" + secrets.token_hex(12)
+        eight_bit = any(b > 127 for b in original)
+        part_head = (
+            b"Content-Type: message/rfc822\r\n"
+            b'Content-Disposition: attachment; filename="original.eml"\r\n'
+            + (b"Content-Transfer-Encoding: 8bit\r\n" if eight_bit else b"")
+            + b"\r\n"
+        )
+        text_bytes = (
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + crlf(quopri.encodestring(crlf(intro.encode("utf-8"))))
+        )
+        if not original.endswith(b"\r\n"):
+            original += b"\r\n"
+        b = boundary.encode()
+        body = b"".join((
+            b"This is a MIME message: the original report is attached.\r\n--", b, b"\r\n",
+            text_bytes, b"\r\n--", b, b"\r\n", part_head, original, b"--", b, b"--\r\n",
+        ))
+        return cls(boundary, body)
+
+
 def forward_message(
     *,
     from_name: str,
@@ -172,18 +208,17 @@ def forward_message(
     to: str,
     reply_to: str,
     subject: str,
-    intro: str,
-    original: bytes,
+    intro: str = "",
+    original: bytes = b"",
     message_id: str,
     loop: str,
     auth_results: str | None,
     in_reply_to: str | None = None,
+    body: ForwardBody | None = None,
 ) -> bytes:
-    """A copy for one member: a short text part and the original attached byte for byte."""
-    original = crlf(original)
-    boundary = "coc-" + secrets.token_hex(12)
-    while boundary.encode() in original:
-        boundary = "coc-" + secrets.token_hex(12)
+    """A copy for one member: a short text part and the original attached byte for byte
+    (give ``body`` to reuse one built for another member)."""
+    body = body or ForwardBody.build(intro, original)
     head = EmailMessage(policy=SMTP)
     if auth_results:
         head["Authentication-Results"] = auth_results
@@ -199,39 +234,9 @@ def forward_message(
         in_reply_to=in_reply_to,
     )
     head["MIME-Version"] = "1.0"
-    head["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
-    eight_bit = any(b > 127 for b in original)
-    part_head = (
-        b"Content-Type: message/rfc822\r\n"
-        b'Content-Disposition: attachment; filename="original.eml"\r\n'
-        + (b"Content-Transfer-Encoding: 8bit\r\n" if eight_bit else b"")
-        + b"\r\n"
-    )
-    text_bytes = (
-        b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        + crlf(quopri.encodestring(crlf(intro.encode("utf-8"))))
-    )
-    if not original.endswith(b"\r\n"):
-        original += b"\r\n"
-    b = boundary.encode()
-    body = (
-        b"This is a MIME message: the original report is attached.\r\n"
-        + b"--"
-        + b
-        + b"\r\n"
-        + text_bytes
-        + b"\r\n--"
-        + b
-        + b"\r\n"
-        + part_head
-        + original
-        + b"--"
-        + b
-        + b"--\r\n"
-    )
+    head["Content-Type"] = f'multipart/mixed; boundary="{body.boundary}"'
     header_bytes = b"".join(SMTP.fold_binary(name, value) for name, value in head.items())
-    return header_bytes + b"\r\n" + body
+    return header_bytes + b"\r\n" + body.body
 
 
 MIME_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")

@@ -14,7 +14,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import formataddr
 
@@ -26,7 +26,7 @@ from . import audit, conflicts, dkim, document
 from .addresses import Kind, Recipient
 from .app import App
 from .cases import Standing, receiving_members, set_standing, unused_code_name
-from .compose import forward_message, one_line, text_message
+from .compose import ForwardBody, forward_message, one_line, text_message
 from .config import Member
 from .message import Incoming
 from .outbox import Outbox
@@ -60,6 +60,7 @@ class Unit:
     outbox: Outbox
     _verdict: dkim.Verdict | None = None
     _verified: bool = False
+    bodies: dict[str, ForwardBody] = field(default_factory=dict)  # one per intro text
 
     def verdict(self) -> dkim.Verdict | None:
         """The inbound DKIM verdict, computed once (a DNS lookup; no write lock is held)."""
@@ -341,6 +342,9 @@ class Processor:
         verdict = unit.verdict()
         auth = verdict.header_value(self.app.settings.server.hostname) if verdict else None
         msg = unit.msg
+        body = unit.bodies.get(intro)
+        if body is None:
+            body = unit.bodies[intro] = ForwardBody.build(intro, msg.content)
         unit.outbox.queue(
             case=case,
             role=member.handle,
@@ -351,8 +355,7 @@ class Processor:
                 to=formataddr((member.name, member.email)),
                 reply_to=self.app.addresses.case(case.code_name, member.handle),
                 subject=msg.cleaned_subject(case.code_name),
-                intro=intro,
-                original=msg.content,
+                body=body,
                 message_id=mid,
                 loop=self.app.alias,
                 auth_results=auth,
