@@ -217,3 +217,24 @@ def test_copies_that_stay_undeliverable_expire_and_the_operator_is_told(
     finally:
         d.stop()
         relay.stop()
+
+
+def test_relay_4xx_then_5xx_per_recipient(tmp_path: Path, sqlite_url: str) -> None:
+    relay = Relay().start()
+    relay.refuse["linus@example.net"] = "450 4.2.0 Mailbox busy"
+    d = Daemon(tmp_path, sqlite_url, relay=relay.url)
+    d.start()
+    try:
+        d.send(make_report())
+        wait_for(lambda: len(relay.messages) == 3, 20, "the other copies")
+        wait_for(lambda: "deferred" in d.log_text(), 20, "Linus's copy deferred")
+        assert "1 copies waiting" in d.cli("queue").stderr
+        relay.refuse["linus@example.net"] = "550 5.1.1 No such user"
+        d.cli("queue", "--flush")
+        wait_for(lambda: any(b"could not be delivered" in m[2] for m in relay.messages), 20,
+                 "the operator told")
+        assert "0 copies waiting" in d.cli("queue").stderr
+        assert "linus@example.net" not in relay.recipients()
+    finally:
+        d.stop()
+        relay.stop()

@@ -220,3 +220,27 @@ def test_repeated_recipients_give_one_copy_each(sqlite_daemon: Daemon) -> None:
         s.ehlo()
         s.mail("someone@example.com")
         assert s.rcpt("<Postmaster>")[0] == 250
+
+
+def test_size_limit_edge(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    limit = 300_000
+    d = Daemon(tmp_path, sqlite_url, extra={"server": {"max_message_bytes": limit}})
+    d.start()
+    try:
+        head = b"From: r@example.com\r\nTo: conduct@example.org\r\nSubject: edge\r\n\r\n"
+        line = b"z" * 98 + b"\r\n"
+
+        def message(size: int) -> bytes:
+            body = line * ((size - len(head)) // len(line))
+            return head + body + b"y" * (size - len(head) - len(body) - 2) + b"\r\n"
+
+        at_limit = message(limit - 10)  # the DATA count includes the final line ending
+        d.send(at_limit, sender="r@example.com")
+        copies = d.wait_delivered(4, timeout=30)
+        member = next(c for c in copies if c.to == "ada@example.net")
+        assert member.original().replace(b"\n", b"\r\n") == at_limit
+        with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPSenderRefused)) as err:
+            d.send(message(limit + 200), sender="r@example.com")  # SIZE= or DATA: 552
+        assert err.value.smtp_code == 552
+    finally:
+        d.stop()
