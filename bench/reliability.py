@@ -27,6 +27,29 @@ from tests.helpers import Daemon, Relay, make_report, wait_for
 MEMBERS = ("ada@example.net", "grace@example.net", "linus@example.net")
 
 
+def header(data: bytes, name: bytes) -> str:
+    line = next(x for x in data.split(b"\r\n") if x.lower().startswith(name.lower() + b":"))
+    return line.split(b":", 1)[1].strip().decode()
+
+
+def open_thread(d: Daemon, relay: Relay) -> str:
+    """A case with Ada, Grace and Linus cleared; returns Ada's address for it."""
+    d.send(make_report(subject="setup"), sender="setup@example.com")
+    wait_for(lambda: len(relay.messages) >= 4, 30, "the setup case")
+    addr = {r[0]: header(data, b"Reply-To") for _, r, data in relay.messages}
+    d.send(make_report(sender="Ada <ada@example.net>", to=addr["ada@example.net"],
+                       body="/involves Sam Doe"), sender="ada@example.net",
+           to=[addr["ada@example.net"]])
+    wait_for(lambda: len(relay.messages) >= 7, 30, "the conflict check")
+    for who in ("grace", "linus"):
+        d.send(make_report(sender=f"{who} <{who}@example.net>", to=addr[f"{who}@example.net"],
+                           body="/noconflict"), sender=f"{who}@example.net",
+               to=[addr[f"{who}@example.net"]])
+    wait_for(lambda: len(relay.messages) >= 9, 30, "two members cleared")
+    relay.messages.clear()
+    return addr["ada@example.net"]
+
+
 def run(kills: int, reports: int, database: str | None, seed: int) -> dict[str, object]:
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="coc-reliability-"))
@@ -34,19 +57,28 @@ def run(kills: int, reports: int, database: str | None, seed: int) -> dict[str, 
     relay = Relay().start()
     d = Daemon(root, url, relay=relay.url)
     d.start()
+    case_address = open_thread(d, relay)
     accepted: set[int] = set()
+    posts: set[int] = set()
     refused = 0
     stop = threading.Event()
 
     def sender() -> None:
+        """Reports, and every third message a thread post from Ada to Grace and Linus."""
         nonlocal refused
         for i in range(reports):
             if stop.is_set():
                 return
             try:
-                d.send(make_report(subject=f"fault {i}", sender=f"F{i} <f{i}@example.com>"),
-                       sender=f"f{i}@example.com")
-                accepted.add(i)
+                if i % 3 == 2:
+                    d.send(make_report(subject=f"post {i}", sender="Ada <ada@example.net>",
+                                       to=case_address), sender="ada@example.net",
+                           to=[case_address])
+                    posts.add(i)
+                else:
+                    d.send(make_report(subject=f"fault {i}", sender=f"F{i} <f{i}@example.com>"),
+                           sender=f"f{i}@example.com")
+                    accepted.add(i)
             except OSError:  # refused, reset or cut off: the sender keeps it
                 refused += 1
                 time.sleep(0.05)
@@ -67,12 +99,16 @@ def run(kills: int, reports: int, database: str | None, seed: int) -> dict[str, 
         for _, rcpts, data in relay.messages:
             if rcpts[0] in MEMBERS:
                 line = next(x for x in data.split(b"\r\n") if x.startswith(b"Subject:"))
-                out[(rcpts[0], line.split(b"] ", 1)[1].decode())] += 1
+                out[(rcpts[0], line.split(b"] ", 1)[-1].decode())] += 1
         return out
+
+    def expected() -> list[tuple[str, str]]:
+        return [(m, f"fault {i}") for i in accepted for m in MEMBERS] + [
+            (m, f"post {i}") for i in posts for m in MEMBERS[1:]]
 
     def complete() -> bool:
         got = copies()
-        return all(got[(m, f"fault {i}")] >= 1 for i in accepted for m in MEMBERS)
+        return all(got[k] >= 1 for k in expected())
 
     with contextlib.suppress(AssertionError):  # a loss is reported below, not raised
         wait_for(complete, 120, "every accepted report delivered")
@@ -80,16 +116,21 @@ def run(kills: int, reports: int, database: str | None, seed: int) -> dict[str, 
     got = copies()
     d.stop()
     relay.stop()
-    lost = sum(1 for i in accepted for m in MEMBERS if got[(m, f"fault {i}")] == 0)
-    unaccepted_delivered = len({s for (_, s) in got} - {f"fault {i}" for i in accepted})
+    wanted = expected()
+    lost = sum(1 for k in wanted if got[k] == 0)
+    known = {s for (_, s) in wanted}
+    unaccepted_delivered = len({s for (_, s) in got if s.startswith(("fault ", "post "))}
+                               - known)
     return {
         "database": url.split(":")[0].split("+")[0],
         "kills": kills,
-        "reports sent": reports,
-        "accepted (250)": len(accepted),
+        "messages sent (reports and posts)": reports,
+        "reports accepted (250)": len(accepted),
+        "thread posts accepted (250)": len(posts),
         "refused or cut off": refused,
-        "member copies expected": len(accepted) * len(MEMBERS),
-        "member copies delivered": sum(got.values()),
+        "member copies expected": len(wanted),
+        "member copies delivered": sum(got[k] for k in got if k[1].startswith(("fault ",
+                                                                               "post "))),
         "lost": lost,
         "duplicates": sum(n - 1 for n in got.values()),
         "delivered without a 250 (cut off after commit)": unaccepted_delivered,
@@ -161,7 +202,8 @@ def main() -> int:
         "",
         "Produced by `python -m bench.reliability "
         + " ".join(a for a in sys.argv[1:]) + "` (rerun it to check).",
-        "Reports are sent one after another while the daemon is killed with SIGKILL at random",
+        "Reports and thread posts (one in three: Ada to Grace and Linus, in an Ongoing case)",
+        "are sent one after another while the daemon is killed with SIGKILL at random",
         "moments (during DATA, after 250, mid-processing, mid-delivery) and restarted.",
         "`lost` counts member copies of reports that got 250 and never arrived: it must be 0.",
         "A duplicate is a copy the relay accepted just before the kill, whose deletion was not",
