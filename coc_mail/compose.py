@@ -6,6 +6,7 @@ import quopri
 import re
 import secrets
 from dataclasses import dataclass
+from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, formataddr
@@ -134,6 +135,54 @@ def _base_headers(
     msg["X-Loop"] = loop
 
 
+def _ascii_or_encoded(value: str) -> str:
+    """An unstructured header value: as is when ASCII, else RFC 2047 words (folded)."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+def header_bytes(pairs: list[tuple[str, str]]) -> bytes:
+    """Header lines written directly (the email package's header parsing is the slowest part
+    of building a copy); values here are ours, single-line and already safe."""
+    out = []
+    for name, value in pairs:
+        out.append(f"{name}: {value}\r\n".encode())
+    return b"".join(out)
+
+
+def base_header_pairs(
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str | None,
+    subject: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+) -> list[tuple[str, str]]:
+    """The same headers as :func:`_base_headers`, as (name, value) pairs to write directly."""
+    pairs = [
+        ("From", formataddr((one_line(from_name, 120), from_addr))),
+        ("To", to),
+    ]
+    if reply_to:
+        pairs.append(("Reply-To", reply_to))
+    pairs += [
+        ("Subject", _ascii_or_encoded(one_line(subject, 250))),
+        ("Date", format_datetime(utcnow())),
+        ("Message-ID", message_id),
+    ]
+    if in_reply_to:
+        pairs.append(("In-Reply-To", one_line(in_reply_to, 900)))
+    if references:
+        pairs.append(("References", one_line(references, 900)))
+    pairs += [("Auto-Submitted", "auto-generated"), ("X-Loop", loop)]
+    return pairs
+
+
 def text_message(
     *,
     from_name: str,
@@ -219,11 +268,8 @@ def forward_message(
     """A copy for one member: a short text part and the original attached byte for byte
     (give ``body`` to reuse one built for another member)."""
     body = body or ForwardBody.build(intro, original)
-    head = EmailMessage(policy=SMTP)
-    if auth_results:
-        head["Authentication-Results"] = auth_results
-    _base_headers(
-        head,
+    pairs = [("Authentication-Results", one_line(auth_results, 900))] if auth_results else []
+    pairs += base_header_pairs(
         from_name=from_name,
         from_addr=from_addr,
         to=to,
@@ -233,10 +279,11 @@ def forward_message(
         loop=loop,
         in_reply_to=in_reply_to,
     )
-    head["MIME-Version"] = "1.0"
-    head["Content-Type"] = f'multipart/mixed; boundary="{body.boundary}"'
-    header_bytes = b"".join(SMTP.fold_binary(name, value) for name, value in head.items())
-    return header_bytes + b"\r\n" + body.body
+    pairs += [
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/mixed; boundary="{body.boundary}"'),
+    ]
+    return header_bytes(pairs) + b"\r\n" + body.body
 
 
 MIME_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
