@@ -9,12 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formataddr
 
+from sqlalchemy import insert
 from sqlmodel import Session
 
 from .addresses import Addresses
 from .app import App
 from .compose import new_message_id, text_message
-from .store import Case, Outbound, SentCopy
+from .store import Case, Outbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +65,23 @@ class Outbox:
             return 0
         session.flush()
         keys = self.app.keys
+        now = utcnow()
+        copies, queued = [], []
         for p in self.pending:
             case_id = p.case.id if p.case is not None else None
-            session.add(
-                SentCopy(
-                    uid=p.uid,
-                    case_id=case_id,
-                    message_id=p.message_id,
-                    role=keys.seal_text(p.role, "sent_copies.role"),
-                )
-            )
-            session.add(
-                Outbound(
-                    uid=p.uid,
-                    case_id=case_id,
-                    envelope_from=self.app.addresses.bounce(p.uid),
-                    recipient=keys.seal_text(p.recipient, "outbound.recipient"),
-                    content=p.sealed,
-                )
-            )
+            copies.append({
+                "uid": p.uid, "case_id": case_id, "message_id": p.message_id,
+                "role": keys.seal_text(p.role, "sent_copies.role"), "created_at": now,
+            })
+            queued.append({
+                "uid": p.uid, "case_id": case_id, "created_at": now, "next_attempt_at": now,
+                "attempts": 0, "envelope_from": self.app.addresses.bounce(p.uid),
+                "recipient": keys.seal_text(p.recipient, "outbound.recipient"),
+                "content": p.sealed,
+            })
+        # Core executemany: one statement per table, not one ORM object per row.
+        session.execute(insert(SentCopy), copies)
+        session.execute(insert(Outbound), queued)
         count = len(self.pending)
         self.pending.clear()
         return count
