@@ -68,10 +68,10 @@ class Sink:
         last: dict[str, float] = {}
         for p in self.dir.iterdir():
             data = p.read_bytes()
-            start = data.find(b"lat-")
+            start = data.find(b"LATPROBE")  # upper case: never part of an address
             if start == -1:
                 continue
-            key = data[start:start + 12].split()[0].decode()
+            key = data[start:start + 14].decode()
             last[key] = max(last.get(key, 0.0), p.stat().st_mtime)
         return last
 
@@ -106,7 +106,7 @@ def latencies(port: int, sink: Sink, reports: int, rate: float) -> list[float]:
     accepted: dict[str, float] = {}
 
     def one(i: int) -> None:
-        key = f"lat-{i:06d}"
+        key = f"LATPROBE{i:06d}"
         msg = make_report(subject=key, sender=f"L{i} <l{i}@example.com>", body=key + "\n")
         with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
             s.send_message(msg, from_addr=f"l{i}@example.com", to_addrs=[ALIAS])
