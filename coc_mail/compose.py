@@ -107,34 +107,6 @@ class Templates:
         return problems
 
 
-def _base_headers(
-    msg: EmailMessage,
-    *,
-    from_name: str,
-    from_addr: str,
-    to: str,
-    reply_to: str | None,
-    subject: str,
-    message_id: str,
-    loop: str,
-    in_reply_to: str | None = None,
-    references: str | None = None,
-) -> None:
-    msg["From"] = formataddr((one_line(from_name, 120), from_addr))
-    msg["To"] = to
-    if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["Subject"] = one_line(subject, 250)
-    msg["Date"] = format_datetime(utcnow())
-    msg["Message-ID"] = message_id
-    if in_reply_to:
-        msg["In-Reply-To"] = one_line(in_reply_to, 900)
-    if references:
-        msg["References"] = one_line(references, 900)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Loop"] = loop
-
-
 def _ascii_or_encoded(value: str) -> str:
     """An unstructured header value: as is when ASCII, else RFC 2047 words (folded)."""
     if value.isascii():
@@ -163,7 +135,7 @@ def base_header_pairs(
     in_reply_to: str | None = None,
     references: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The same headers as :func:`_base_headers`, as (name, value) pairs to write directly."""
+    """The headers every message of ours carries, as (name, value) pairs written directly."""
     pairs = [
         ("From", formataddr((one_line(from_name, 120), from_addr))),
         ("To", to),
@@ -197,9 +169,7 @@ def text_message(
     references: str | None = None,
 ) -> bytes:
     """A plain-text message (UTF-8) as CRLF bytes, ready to sign."""
-    msg = EmailMessage(policy=SMTPUTF8)
-    _base_headers(
-        msg,
+    pairs = base_header_pairs(
         from_name=from_name,
         from_addr=from_addr,
         to=to,
@@ -210,8 +180,9 @@ def text_message(
         in_reply_to=in_reply_to,
         references=references,
     )
-    msg.set_content(body)
-    return crlf(msg.as_bytes(policy=SMTP))
+    part = EmailMessage(policy=SMTPUTF8)
+    part.set_content(body)  # Content-Type, Content-Transfer-Encoding, MIME-Version, body
+    return header_bytes(pairs) + crlf(part.as_bytes(policy=SMTP))
 
 
 @dataclass(frozen=True)
@@ -322,14 +293,18 @@ def relay_message(
     if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
             in MIME_HEADERS:
         kept.extend(current)
-    msg = EmailMessage(policy=SMTP)
-    _base_headers(
-        msg, from_name=from_name, from_addr=from_addr, to=to, reply_to=reply_to,
-        subject=subject, message_id=message_id, loop=loop, in_reply_to=in_reply_to,
+    pairs = base_header_pairs(
+        from_name=from_name,
+        from_addr=from_addr,
+        to=to,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=message_id,
+        loop=loop,
+        in_reply_to=in_reply_to,
     )
     if not kept:
         kept = [b"Content-Type: text/plain; charset=utf-8"]
     if not any(k.lower().startswith(b"mime-version") for k in kept):
         kept.append(b"MIME-Version: 1.0")
-    ours = b"".join(SMTP.fold_binary(n, v) for n, v in msg.items())
-    return ours + b"\r\n".join(kept) + b"\r\n\r\n" + body
+    return header_bytes(pairs) + b"\r\n".join(kept) + b"\r\n\r\n" + body
