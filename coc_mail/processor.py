@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 DIGEST_PENDING = "digest-pending"
+NOTICES_PER_HOUR = 3
 DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
 
 
@@ -439,6 +440,8 @@ class Processor:
         problem = self.authentication_problem(unit, owner)
         if problem:
             log.warning("member address used by a sender who is not that member: ignored")
+            if not self.notice_allowed(unit.session, owner):
+                return  # at most a few notices an hour: a forger cannot flood the member
             self.reply_to_member(
                 unit, case, owner,
                 "A message sent to your own coc-mail address"
@@ -450,6 +453,15 @@ class Processor:
             )
             return
         self.member_mail(unit, case, owner)
+
+    def notice_allowed(self, session: Session, member: Member) -> bool:
+        """At most NOTICES_PER_HOUR "ignored" notices to one member in an hour."""
+        now = utcnow()
+        tag = self.app.keys.tag("ignored-notice", member.handle, f"{now:%Y%m%d%H}")
+        row = session.get(AckBudget, tag) or AckBudget(tag=tag, day=now.date(), count=0)
+        row.count += 1
+        session.add(row)
+        return row.count <= NOTICES_PER_HOUR
 
     def token_owner(self, r: Recipient) -> Member | None:
         """The member whose address token this is."""

@@ -126,3 +126,20 @@ def test_members_can_be_required_to_use_tls(tmp_path: Path, sqlite_url: str) -> 
         assert "Case document" in str(doc["Subject"])
     finally:
         d.stop()
+
+
+def test_forgeries_cannot_flood_the_real_member(tmp_path: Path, sqlite_url: str) -> None:
+    d = Daemon(tmp_path, sqlite_url)
+    d.start()
+    try:
+        d.send(make_report())
+        grace = next(c for c in d.wait_delivered(4) if c.to == "grace@example.net")
+        address = grace["Reply-To"].addresses[0].addr_spec
+        for i in range(6):  # a forger who learned Grace's case address
+            d.send(make_report(sender="Mallory <mallory@example.com>", to=address,
+                               body=f"forged {i}"), sender="mallory@example.com", to=[address])
+        copies = d.wait_delivered(4 + 3, timeout=30)  # three notices an hour, no more
+        notices = [c for c in copies[4:] if c.to == "grace@example.net"]
+        assert len(notices) == 3 and all("was ignored" in c.text for c in notices)
+    finally:
+        d.stop()
