@@ -15,6 +15,7 @@ from sqlmodel import Session
 from .addresses import Addresses
 from .app import App
 from .compose import new_message_id, text_message
+from .config import Member
 from .store import Case, Outbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,41 @@ class Outbox:
         self.pending.clear()
         return count
 
+    def to_member(
+        self,
+        member: Member,
+        case: Case | None,
+        subject: str,
+        body: str,
+        *,
+        role: str | None = None,
+        in_reply_to: str | None = None,
+    ) -> str:
+        """Queue a plain-text mail from the committee to one member, ``Reply-To:`` their own
+        address for ``case`` (their member address when there is no case)."""
+        app = self.app
+        reply_to = (
+            app.addresses.case(case.code_name, member.handle)
+            if case is not None
+            else app.addresses.member(member.handle)
+        )
+        return self.queue(
+            case=case,
+            role=role or member.handle,
+            recipient=member.email,
+            build=lambda mid: text_message(
+                from_name=app.settings.committee.name,
+                from_addr=app.alias,
+                to=formataddr((member.name, member.email)),
+                reply_to=reply_to,
+                subject=subject,
+                body=body,
+                message_id=mid,
+                loop=app.alias,
+                in_reply_to=in_reply_to,
+            ),
+        )
+
     def notify_operators(self, subject: str, body: str) -> int:
         """Queue a notice (no message content, no reporter address) to every operator."""
         operators = self.app.settings.operators
@@ -93,21 +129,7 @@ class Outbox:
             log.warning("operator notice not sent: no member has the 'operator' role")
             return 0
         for member in operators:
-            self.queue(
-                case=None,
-                role="operator",
-                recipient=member.email,
-                build=lambda mid, m=member: text_message(  # type: ignore[misc]
-                    from_name=self.app.settings.committee.name,
-                    from_addr=self.app.alias,
-                    to=formataddr((m.name, m.email)),
-                    reply_to=self.app.addresses.member(m.handle),
-                    subject=f"[coc-mail] {subject}",
-                    body=body,
-                    message_id=mid,
-                    loop=self.app.alias,
-                ),
-            )
+            self.to_member(member, None, f"[coc-mail] {subject}", body, role="operator")
         return len(operators)
 
 

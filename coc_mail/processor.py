@@ -508,24 +508,9 @@ class Processor:
         Work(self.app, unit.session, unit.outbox, unit.msg).member_mail(case, member)
 
     def reply_to_member(self, unit: Unit, case: Case | None, member: Member, body: str) -> None:
-        committee = self.app.settings.committee
         msg = unit.msg
-        unit.outbox.queue(
-            case=case,
-            role=member.handle,
-            recipient=member.email,
-            build=lambda mid: text_message(
-                from_name=committee.name,
-                from_addr=self.app.alias,
-                to=formataddr((member.name, member.email)),
-                reply_to=self.app.addresses.case(case.code_name, member.handle) if case else None,
-                subject=f"Re: {msg.subject}" if msg.subject else "coc-mail",
-                body=body,
-                message_id=mid,
-                loop=self.app.alias,
-                in_reply_to=msg.message_id or None,
-            ),
-        )
+        subject = f"Re: {msg.subject}" if msg.subject else "coc-mail"
+        unit.outbox.to_member(member, case, subject, body, in_reply_to=msg.message_id or None)
 
     # -- bounces and role addresses ---------------------------------------------------------
     def to_bounce_address(self, unit: Unit, r: Recipient) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from email.utils import formataddr
-from functools import partial
 
 from sqlalchemy import text
 from sqlmodel import Session, col, delete, select
@@ -16,7 +14,6 @@ from sqlmodel import Session, col, delete, select
 from . import audit
 from .app import App
 from .cases import Standing, member_tag, receiving_members, set_standing, standings
-from .compose import text_message
 from .config import Member
 from .outbox import Outbox
 from .store import AckBudget, Case, CaseMember, DocEntry, utcnow
@@ -30,16 +27,8 @@ def remind(app: App, outbox: Outbox, case: Case, members: list[Member], reason: 
         rendered = app.templates.render(
             "reminder", committee=app.settings.committee, case=case, member=m, reason=reason
         )
-        outbox.queue(
-            case=case, role=m.handle, recipient=m.email,
-            build=lambda mid, m=m, r=rendered: text_message(  # type: ignore[misc]
-                from_name=app.settings.committee.name, from_addr=app.alias,
-                to=formataddr((m.name, m.email)),
-                reply_to=app.addresses.case(case.code_name, m.handle),
-                subject=r.subject or f"[{case.code_name}] Reminder", body=r.body,
-                message_id=mid, loop=app.alias,
-            ),
-        )
+        subject = rendered.subject or f"[{case.code_name}] Reminder"
+        outbox.to_member(m, case, subject, rendered.body)
 
 
 def _members(app: App, handles: list[str]) -> list[Member]:
@@ -175,20 +164,9 @@ def digests(app: App, session: Session, outbox: Outbox) -> int:
             "or /involves NAME to start its conflict check.",
         ]
         subject = f"{len(cases)} new report(s) held during a flood"
-        outbox.queue(
-            case=None, role=member.handle, recipient=member.email,
-            build=partial(_notice, app, member, subject, "\n".join(lines) + "\n"),
-        )
+        outbox.to_member(member, None, subject, "\n".join(lines) + "\n")
     log.info("digest of %d held report(s) sent", len(held))
     return len(held)
-
-
-def _notice(app: App, member: Member, subject: str, body: str, message_id: str) -> bytes:
-    return text_message(
-        from_name=app.settings.committee.name, from_addr=app.alias,
-        to=formataddr((member.name, member.email)), reply_to=app.addresses.member(member.handle),
-        subject=subject, body=body, message_id=message_id, loop=app.alias,
-    )
 
 
 def forget_old_counters(session: Session, now: dt.datetime) -> None:

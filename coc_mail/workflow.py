@@ -89,14 +89,7 @@ def sync_members(app: App, outbox: Outbox, session: Session) -> list[str]:
         rendered = app.templates.render(
             "onboarding", committee=app.settings.committee, member=member, reported_names=names
         )
-        outbox.queue(
-            case=None, role=member.handle, recipient=member.email,
-            build=lambda mid, m=member, r=rendered: text_message(  # type: ignore[misc]
-                from_name=app.settings.committee.name, from_addr=app.alias,
-                to=formataddr((m.name, m.email)), reply_to=app.addresses.member(m.handle),
-                subject=r.subject or "Welcome", body=r.body, message_id=mid, loop=app.alias,
-            ),
-        )
+        outbox.to_member(member, None, rendered.subject or "Welcome", rendered.body)
         onboarded.append(member.handle)
         log.info("member onboarding sent (%d names listed)", len(names))
     return onboarded
@@ -194,24 +187,13 @@ class Work:
 
     def reply(self, member: Member, case: Case | None, body: str, subject: str = "") -> None:
         """Answer the member who wrote (and nobody else)."""
-        app = self.app
         msg = self.msg
         subj = subject or msg.subject or "coc-mail"
         if not subject and not subj.lower().startswith("re:"):
             subj = f"Re: {subj}"
         if case is not None and f"[{case.code_name}]" not in subj:
             subj = f"[{case.code_name}] {subj}"
-        self.outbox.queue(
-            case=case, role=member.handle, recipient=member.email,
-            build=lambda mid: text_message(
-                from_name=app.settings.committee.name, from_addr=app.alias,
-                to=formataddr((member.name, member.email)),
-                reply_to=(app.addresses.case(case.code_name, member.handle) if case
-                          else app.addresses.member(member.handle)),
-                subject=subj, body=body, message_id=mid, loop=app.alias,
-                in_reply_to=msg.message_id or None,
-            ),
-        )
+        self.outbox.to_member(member, case, subj, body, in_reply_to=msg.message_id or None)
 
     def audit(self, case: Case, actor: str, action: str) -> None:
         audit.record(self.app.keys, self.session, case.code_name, actor, action)
@@ -335,16 +317,8 @@ class Work:
             "conflict-check", committee=app.settings.committee, case=case, member=m,
             reported=name, deadline=f"{deadline:%Y-%m-%d %H:%M} UTC",
         )
-        self.outbox.queue(
-            case=case, role=m.handle, recipient=m.email,
-            build=lambda mid: text_message(
-                from_name=app.settings.committee.name, from_addr=app.alias,
-                to=formataddr((m.name, m.email)),
-                reply_to=app.addresses.case(case.code_name, m.handle),
-                subject=rendered.subject or f"[{case.code_name}] Conflict check",
-                body=rendered.body, message_id=mid, loop=app.alias,
-            ),
-        )
+        subject = rendered.subject or f"[{case.code_name}] Conflict check"
+        self.outbox.to_member(m, case, subject, rendered.body)
 
     def cmd_noconflict(self, case: Case, member: Member, cmd: Command) -> None:
         st = self.standing(case, member)
