@@ -221,24 +221,21 @@ class ForwardBody:
         return cls(boundary, body)
 
 
-def forward_message(
+def forward_head(
     *,
     from_name: str,
     from_addr: str,
     to: str,
     reply_to: str,
     subject: str,
-    intro: str = "",
-    original: bytes = b"",
+    body: ForwardBody,
     message_id: str,
     loop: str,
     auth_results: str | None,
     in_reply_to: str | None = None,
-    body: ForwardBody | None = None,
 ) -> bytes:
-    """A copy for one member: a short text part and the original attached byte for byte
-    (give ``body`` to reuse one built for another member)."""
-    body = body or ForwardBody.build(intro, original)
+    """The header block (blank line included) of one member's copy of a forwarded message;
+    ``body.body`` follows it, shared by every member's copy."""
     pairs = [("Authentication-Results", one_line(auth_results, 900))] if auth_results else []
     pairs += base_header_pairs(
         from_name=from_name,
@@ -254,7 +251,7 @@ def forward_message(
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/mixed; boundary="{body.boundary}"'),
     ]
-    return header_bytes(pairs) + b"\r\n" + body.body
+    return header_bytes(pairs) + b"\r\n"
 
 
 MIME_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")

@@ -1,6 +1,8 @@
 """The delivery side: a worker that hands queued copies to a Maildir or an SMTP relay.
 
-A copy is claimed with a lease, delivered, and its row deleted (nothing is archived).
+A copy is claimed with a lease (one ``UPDATE ... RETURNING``, so several worker processes and
+daemons share the queue), DKIM-signed, delivered, and its row deleted (nothing is archived);
+a shared body goes with the last copy that uses it.
 Temporary failures back off exponentially (``delivery.retry_seconds`` doubling, at most an
 hour) until ``delivery.max_queue_days``; permanent failures and expired copies are dropped
 and the operators told, without content.
@@ -28,9 +30,10 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, delete, select, update
 
 from .app import App
+from .dkim import body_hash
 from .errors import DeliveryError
 from .outbox import notify_operators
-from .store import Outbound, SentCopy, utcnow
+from .store import Body, Outbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +202,23 @@ def make_transport(app: App) -> Transport:
 
 @dataclass
 class Claimed:
-    """One copy taken from the queue, opened for delivery."""
+    """One copy taken from the queue, opened for delivery (signed just before sending)."""
 
     id: int
     uid: str
     envelope_from: str
     recipient: str
+    content: bytes  # the whole message, or its header block when body_id is set
+    body_id: int | None = None
+
+
+@dataclass
+class SharedBody:
+    """A body in use by claimed copies: opened once, its DKIM body hash computed once."""
+
     content: bytes
+    bh: bytes
+    users: int = 0
 
 
 class Deliverer:
@@ -218,37 +231,75 @@ class Deliverer:
         self.delivered = 0
         self.deferred = 0
         self.in_flight: set[int] = set()
+        self.bodies: dict[int, SharedBody] = {}
         self.stopping = False
 
     # -- queue operations (sync, run in a thread) ---------------------------------------------
     def claim(self, limit: int) -> list[Claimed]:
+        """Lease up to ``limit`` due copies in one statement (SKIP LOCKED on PostgreSQL) and
+        open them; their shared bodies are opened once and kept while copies use them."""
         now = utcnow()
+        due = (
+            select(Outbound.id)
+            .where(Outbound.next_attempt_at <= now)
+            .where(or_(col(Outbound.claimed_until).is_(None), col(Outbound.claimed_until) < now))
+            .order_by(col(Outbound.next_attempt_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        keys = self.app.keys
         with Session(self.app.engine) as session:
-            rows = session.exec(
-                select(Outbound)
-                .where(Outbound.next_attempt_at <= now)
-                .where(
-                    or_(col(Outbound.claimed_until).is_(None), col(Outbound.claimed_until) < now)
-                )
-                .order_by(col(Outbound.next_attempt_at))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+            rows = session.execute(
+                update(Outbound)
+                .where(col(Outbound.id).in_(due.scalar_subquery()))
+                .values(claimed_until=now + LEASE)
+                .returning(col(Outbound.id), col(Outbound.uid), col(Outbound.envelope_from),
+                           col(Outbound.recipient), col(Outbound.content),
+                           col(Outbound.body_id))
+                .execution_options(synchronize_session=False)
             ).all()
-            claimed = []
-            for row in rows:
-                row.claimed_until = now + LEASE
-                session.add(row)
-                claimed.append(
-                    Claimed(
-                        id=int(row.id or 0),
-                        uid=row.uid,
-                        envelope_from=row.envelope_from,
-                        recipient=self.app.keys.open_text(row.recipient, "outbound.recipient"),
-                        content=self.app.keys.open(row.content, "outbound.content"),
-                    )
-                )
             session.commit()
+            wanted = {r.body_id for r in rows if r.body_id is not None} - set(self.bodies)
+            if wanted:
+                for body_id, sealed in session.execute(
+                    select(Body.id, Body.content).where(col(Body.id).in_(wanted))
+                ):
+                    plain = keys.open(sealed, "bodies.content")
+                    self.bodies[body_id] = SharedBody(plain, body_hash(plain))
+        claimed = []
+        for r in rows:
+            if r.body_id is not None:
+                shared = self.bodies.get(r.body_id)
+                if shared is None:  # its body is gone (an operator's repair): drop the copy
+                    log.error("delivery: copy %s has no body; dropped", r.uid)
+                    self.done_many([Claimed(r.id, r.uid, "", "", b"")])
+                    continue
+                shared.users += 1
+            claimed.append(Claimed(
+                id=r.id, uid=r.uid, envelope_from=r.envelope_from,
+                recipient=keys.open_text(r.recipient, "outbound.recipient"),
+                content=keys.open(r.content, "outbound.content"), body_id=r.body_id,
+            ))
         return claimed
+
+    def message(self, copy: Claimed) -> bytes:
+        """The copy as sent: DKIM-signed now (copies queued before 0.3 were signed already)."""
+        if copy.body_id is None:
+            if copy.content.startswith(b"DKIM-Signature:"):
+                return copy.content
+            return self.app.signer.sign(copy.content)
+        shared = self.bodies[copy.body_id]
+        return self.app.signer.signature(copy.content, shared.bh) + copy.content + shared.content
+
+    def release(self, copy: Claimed) -> None:
+        """The copy is done with (delivered or not): forget its body once nothing uses it."""
+        if copy.body_id is None:
+            return
+        shared = self.bodies.get(copy.body_id)
+        if shared is not None:
+            shared.users -= 1
+            if shared.users <= 0:
+                del self.bodies[copy.body_id]
 
     def renew(self) -> None:
         """Extend the lease of the copies this daemon is delivering right now."""
@@ -272,9 +323,11 @@ class Deliverer:
                 log.warning("delivery: could not renew leases")
 
     def done_many(self, copies: list[Claimed]) -> None:
-        """Delete delivered copies (nothing is archived), in one transaction."""
+        """Delete delivered copies (nothing is archived) and the shared bodies no copy uses
+        any more, in one transaction."""
         with Session(self.app.engine) as session:
             session.exec(delete(Outbound).where(col(Outbound.id).in_([c.id for c in copies])))
+            drop_unused_bodies(session, {c.body_id for c in copies if c.body_id is not None})
             session.commit()
 
     def failed(self, copy: Claimed, error: DeliveryError) -> None:
@@ -293,6 +346,9 @@ class Deliverer:
                     else f"still undeliverable after {days:g} days"
                 )
                 session.delete(row)
+                session.flush()
+                if row.body_id is not None:
+                    drop_unused_bodies(session, {row.body_id})
                 if self._role(session, row.uid) != "operator":  # no notices about notices
                     notify_operators(
                         self.app,
@@ -337,11 +393,15 @@ class Deliverer:
     async def deliver(self, copy: Claimed) -> bool:
         """Send one copy; a failure is recorded at once, a success by the caller (batched)."""
         try:
-            await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, copy.content)
+            message = self.message(copy)
+            await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, message)
         except DeliveryError as exc:
             self.deferred += 1
             await self._record(self.failed, copy, exc)
             return False
+        finally:
+            del message
+            self.release(copy)
         self.delivered += 1
         return True
 
@@ -427,6 +487,16 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=wait)
         self.wake.clear()
+
+
+def drop_unused_bodies(session: Session, ids: set[int]) -> None:
+    """Delete those of these shared bodies that no queued copy refers to any more."""
+    if not ids:
+        return
+    in_use = select(Outbound.body_id).where(col(Outbound.body_id).in_(ids))
+    session.exec(
+        delete(Body).where(col(Body.id).in_(ids)).where(col(Body.id).not_in(in_use))
+    )
 
 
 def retry_now(app: App, *, clear_claims: bool) -> int:

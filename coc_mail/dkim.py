@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dkim as dkimpy
+import dkim.crypto
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    compress_whitespace,
+    strip_trailing_whitespace,
+)
 
 from .errors import CocMailError
 
@@ -117,33 +125,86 @@ def use_openssl_for_rsa() -> None:
     dkimpy.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
 
 
+RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+CHUNK = 1 << 20
+
+
+def body_hash(body: bytes) -> bytes:
+    """The ``bh=`` value of ``body`` (CRLF lines) under relaxed canonicalisation.
+
+    dkimpy's own canonicalisation functions do the work, a megabyte of whole lines at a time,
+    so a 25 MiB report is never copied whole. Relaxed body canonicalisation is line by line
+    except at the end, where every trailing empty line goes and one CRLF ends the body (an
+    empty body hashes as nothing): trailing CRLFs are held back until more text follows.
+    """
+    h = hashlib.sha256()
+    held = 0  # CRLFs seen at the end of the text so far, not hashed yet
+    text = False
+    pos, size = 0, len(body)
+    while pos < size:
+        cut = body.find(b"\r\n", min(pos + CHUNK, size))
+        end = size if cut == -1 else cut + 2
+        chunk = compress_whitespace(strip_trailing_whitespace(body[pos:end]))
+        pos = end
+        stripped = len(chunk)
+        while stripped >= 2 and chunk[stripped - 2:stripped] == b"\r\n":
+            stripped -= 2
+        if stripped == 0:
+            held += len(chunk) // 2
+            continue
+        if held:
+            h.update(b"\r\n" * held)
+        h.update(chunk[:stripped])
+        held = (len(chunk) - stripped) // 2
+        text = True
+    if text:
+        h.update(b"\r\n")
+    return base64.b64encode(h.digest())
+
+
 class Signer:
-    """Signs outbound messages for the committee domain (relaxed/relaxed, rsa-sha256)."""
+    """Signs outbound messages for the committee domain (relaxed/relaxed, rsa-sha256).
+
+    dkimpy canonicalises and hashes; the RSA step runs in OpenSSL. Copies that share a body
+    (a report forwarded to every member) share its body hash: only their headers are hashed
+    and signed for each copy.
+    """
 
     def __init__(self, pem: bytes, selector: str, domain: str) -> None:
         use_openssl_for_rsa()
         self.pem = pem
         self.selector = selector.encode()
         self.domain = domain.encode()
+        self._key = dkimpy.crypto.parse_pem_private_key(pem)
 
     def sign(self, message: bytes) -> bytes:
-        """Return ``message`` with a DKIM-Signature header prepended."""
-        present = {
-            line.split(b":", 1)[0].strip().lower()
-            for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-            if line and line[:1] not in b" \t"
-        }
-        headers = [h for h in SIGNED_HEADERS if h in present]
-        signature: bytes = dkimpy.sign(
-            message,
-            self.selector,
-            self.domain,
-            self.pem,
-            canonicalize=(b"relaxed", b"relaxed"),
-            include_headers=headers,
-            linesep=b"\r\n",
-        )
-        return signature + message
+        """Return ``message`` (CRLF) with a DKIM-Signature header prepended."""
+        end = message.find(b"\r\n\r\n")
+        head, body = (message, b"") if end == -1 else (message[:end + 4], message[end + 4:])
+        return self.signature(head, body_hash(body)) + message
+
+    def signature(self, head: bytes, bh: bytes) -> bytes:
+        """The ``DKIM-Signature`` header line(s) for a message with header block ``head`` and
+        a body whose :func:`body_hash` is ``bh``."""
+        signer = dkimpy.DKIM(head, linesep=b"\r\n")
+        present = {name.lower() for name, _ in signer.headers}
+        include = tuple(h for h in SIGNED_HEADERS if h in present)
+        signer.hasher = hashlib.sha256
+        fields = [
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", RELAXED.to_c_value()),
+            (b"d", self.domain),
+            (b"i", b"@" + self.domain),
+            (b"q", b"dns/txt"),
+            (b"s", self.selector),
+            (b"t", str(int(time.time())).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", bh),
+            (b"b", b"0" * 60),  # dkimpy's placeholder: b= folds onto its own line
+        ]
+        value: bytes = signer.gen_header(fields, include, RELAXED, b"DKIM-Signature", self._key)
+        return b"DKIM-Signature: " + value
 
 
 @dataclass(frozen=True)

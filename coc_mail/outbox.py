@@ -1,6 +1,7 @@
-"""Queueing outbound copies: build and sign them first (slow), then add them to the caller's
+"""Queueing outbound copies: build and seal them first, then add them to the caller's
 transaction in one short write, so a copy exists exactly when the change that caused it is
-committed and no write lock is held while signing."""
+committed. Copies are DKIM-signed when they are sent (:mod:`coc_mail.delivery`); copies of one
+report share one stored body (:meth:`Outbox.share`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from dataclasses import dataclass, field
 from email.utils import formataddr
 
 from sqlalchemy import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from .addresses import Addresses
 from .app import App
 from .compose import new_message_id, text_message
 from .config import Member
-from .store import Case, Outbound, SentCopy, utcnow
+from .store import Body, Case, Outbound, SentCopy, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class Pending:
     case: Case | None
     role: str
     recipient: str
-    sealed: bytes  # the signed message, sealed at once (the plain copy is not kept around)
+    sealed: bytes  # the message (or its header block), sealed at once
+    body: int | None  # index into Outbox.bodies when the copy's body is shared
 
 
 @dataclass
@@ -39,6 +41,12 @@ class Outbox:
 
     app: App
     pending: list[Pending] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # sealed shared bodies
+
+    def share(self, body: bytes) -> int:
+        """Seal a body several copies will share; pass the result as ``queue(body=...)``."""
+        self.bodies.append(self.app.keys.seal(body, "bodies.content"))
+        return len(self.bodies) - 1
 
     def queue(
         self,
@@ -47,16 +55,19 @@ class Outbox:
         role: str,
         recipient: str,
         build: Callable[[str], bytes],
+        body: int | None = None,
     ) -> str:
-        """Build (given a fresh Message-ID) and sign one copy now; return its Message-ID.
+        """Build one copy (given a fresh Message-ID) and seal it now; return its Message-ID.
 
-        ``role`` says who the copy is for (a member handle, ``reporter`` or ``operator``); it
-        is stored sealed next to the Message-ID so replies and bounces find their case.
+        ``build`` returns the whole message, or with ``body`` (from :meth:`share`) the header
+        block only, blank line included. ``role`` says who the copy is for (a member handle,
+        ``reporter`` or ``operator``); it is stored sealed next to the Message-ID so replies
+        and bounces find their case.
         """
         message_id = new_message_id(self.app.domain)
-        sealed = self.app.keys.seal(self.app.signer.sign(build(message_id)), "outbound.content")
+        sealed = self.app.keys.seal(build(message_id), "outbound.content")
         self.pending.append(
-            Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, sealed)
+            Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, sealed, body)
         )
         return message_id
 
@@ -67,6 +78,12 @@ class Outbox:
         session.flush()
         keys = self.app.keys
         now = utcnow()
+        body_ids = [
+            session.execute(
+                insert(Body).values(content=sealed, created_at=now).returning(col(Body.id))
+            ).scalar_one()
+            for sealed in self.bodies
+        ]
         copies, queued = [], []
         for p in self.pending:
             case_id = p.case.id if p.case is not None else None
@@ -79,12 +96,14 @@ class Outbox:
                 "attempts": 0, "envelope_from": self.app.addresses.bounce(p.uid),
                 "recipient": keys.seal_text(p.recipient, "outbound.recipient"),
                 "content": p.sealed,
+                "body_id": body_ids[p.body] if p.body is not None else None,
             })
         # Core executemany: one statement per table, not one ORM object per row.
         session.execute(insert(SentCopy), copies)
         session.execute(insert(Outbound), queued)
         count = len(self.pending)
         self.pending.clear()
+        self.bodies.clear()
         return count
 
     def to_member(

@@ -26,7 +26,7 @@ from . import audit, conflicts, dkim, document
 from .addresses import Kind, Recipient
 from .app import App
 from .cases import Standing, receiving_members, set_standing, unused_code_name
-from .compose import ForwardBody, forward_message, one_line, text_message
+from .compose import ForwardBody, forward_head, one_line, text_message
 from .config import Member
 from .message import Incoming
 from .outbox import Outbox
@@ -61,7 +61,7 @@ class Unit:
     outbox: Outbox
     _verdict: dkim.Verdict | None = None
     _verified: bool = False
-    bodies: dict[str, ForwardBody] = field(default_factory=dict)  # one per intro text
+    bodies: dict[str, tuple[ForwardBody, int]] = field(default_factory=dict)  # per intro text
 
     def verdict(self) -> dkim.Verdict | None:
         """The inbound DKIM verdict, computed once (a DNS lookup; no write lock is held)."""
@@ -343,14 +343,17 @@ class Processor:
         verdict = unit.verdict()
         auth = verdict.header_value(self.app.settings.server.hostname) if verdict else None
         msg = unit.msg
-        body = unit.bodies.get(intro)
-        if body is None:
-            body = unit.bodies[intro] = ForwardBody.build(intro, msg.content)
+        shared = unit.bodies.get(intro)
+        if shared is None:
+            built = ForwardBody.build(intro, msg.content)
+            shared = unit.bodies[intro] = (built, unit.outbox.share(built.body))
+        body, stored = shared
         unit.outbox.queue(
             case=case,
             role=member.handle,
             recipient=member.email,
-            build=lambda mid: forward_message(
+            body=stored,
+            build=lambda mid: forward_head(
                 from_name=committee.name,
                 from_addr=self.app.alias,
                 to=formataddr((member.name, member.email)),
@@ -536,19 +539,23 @@ class Processor:
     def to_postmaster(self, unit: Unit) -> None:
         msg = unit.msg
         targets = self.app.settings.operators or self.app.settings.members
+        body = ForwardBody.build(
+            "Mail to postmaster@ / abuse@ of the committee domain, attached.\n", msg.content
+        )
+        stored = unit.outbox.share(body.body)
         for member in targets:
             unit.outbox.queue(
                 case=None,
                 role="operator",
                 recipient=member.email,
-                build=lambda mid, m=member: forward_message(  # type: ignore[misc]
+                body=stored,
+                build=lambda mid, m=member: forward_head(  # type: ignore[misc]
                     from_name=self.app.settings.committee.name,
                     from_addr=self.app.alias,
                     to=formataddr((m.name, m.email)),
                     reply_to=msg.sender or self.app.alias,
                     subject=f"[postmaster] {msg.subject or '(no subject)'}",
-                    intro="Mail to postmaster@ / abuse@ of the committee domain, attached.\n",
-                    original=msg.content,
+                    body=body,
                     message_id=mid,
                     loop=self.app.alias,
                     auth_results=None,

@@ -137,8 +137,20 @@ class SentCopy(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
+class Body(SQLModel, table=True):
+    """A message body several queued copies share (a report forwarded to every member), stored
+    once, sealed; deleted with the last copy that uses it."""
+
+    __tablename__ = "bodies"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: dt.datetime = Field(default_factory=utcnow, index=True)
+    content: bytes  # sealed body (everything after the header block's blank line)
+
+
 class Outbound(SQLModel, table=True):
-    """The delivery queue: one sealed, signed copy per recipient, deleted once delivered."""
+    """The delivery queue: one sealed copy per recipient, deleted once delivered. It is DKIM-
+    signed when it is sent; with ``body_id`` set, ``content`` is the header block only and the
+    body is the shared :class:`Body`."""
 
     __tablename__ = "outbound"
     id: int | None = Field(default=None, primary_key=True)
@@ -150,7 +162,8 @@ class Outbound(SQLModel, table=True):
     claimed_until: dt.datetime | None = None
     envelope_from: str = Field(max_length=255)
     recipient: bytes  # sealed recipient address
-    content: bytes  # sealed message
+    content: bytes  # sealed message, or its header block when body_id is set
+    body_id: int | None = Field(default=None, index=True)
     last_error: bytes | None = None  # sealed: a relay's reply may quote the address
 
 
@@ -191,7 +204,7 @@ def make_engine(url: str) -> Engine:
     )
 
 
-SCHEMA_HEAD = "0002"  # the newest migration; tests/test_workflow_more.py keeps them in step
+SCHEMA_HEAD = "0003"  # the newest migration; tests/test_workflow_more.py keeps them in step
 
 
 def check_schema(engine: Engine) -> None:

@@ -18,7 +18,7 @@ from . import audit, commands, document, status
 from .app import App
 from .cases import Standing, member_tag, receiving_members, set_standing, standings
 from .commands import Command, UnknownCommand
-from .compose import forward_message, relay_message, text_message
+from .compose import ForwardBody, forward_head, relay_message, text_message
 from .config import Member
 from .conflicts import has_known_conflict
 from .errors import TemplateProblem
@@ -211,13 +211,15 @@ class Work:
             + ".\nThe report is attached. /doc sends you the case document; /help lists the "
             "commands.\n"
         )
+        body = ForwardBody.build(intro, report)
         self.outbox.queue(
             case=case, role=member.handle, recipient=member.email,
-            build=lambda mid: forward_message(
+            body=self.outbox.share(body.body),
+            build=lambda mid: forward_head(
                 from_name=app.settings.committee.name, from_addr=app.alias,
                 to=formataddr((member.name, member.email)),
                 reply_to=app.addresses.case(case.code_name, member.handle),
-                subject=f"[{case.code_name}] The report", intro=intro, original=report,
+                subject=f"[{case.code_name}] The report", body=body,
                 message_id=mid, loop=app.alias, auth_results=None,
             ),
         )

@@ -7,8 +7,9 @@ import smtplib
 
 import dkim
 import pytest
+import sqlalchemy as sa
 
-from .helpers import ALIAS, Daemon, by_recipient, make_report, wire
+from .helpers import ALIAS, Daemon, Relay, by_recipient, make_report, wait_for, wire
 
 MEMBER_EMAILS = {"ada@example.net", "grace@example.net", "linus@example.net"}
 
@@ -69,6 +70,45 @@ def test_every_copy_carries_a_dkim_signature_that_verifies(sqlite_daemon: Daemon
         assert dkim.verify(copy.wire(), dnsfunc=dnsfunc), f"bad signature for {copy.to}"
         tampered = copy.wire().replace(b"It", b"it", 1) + b"tampered\r\n"
         assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+
+
+def test_copies_share_one_stored_body_that_goes_with_the_last_copy(sqlite_daemon: Daemon) -> None:
+    """The three member copies of a report are queued as three header blocks and one body;
+    each is signed when sent, and the body is deleted with the last of them."""
+    d = sqlite_daemon
+    relay = Relay()  # not started yet: the copies wait in the queue
+    try:
+        d.stop()
+        d.relay = relay.url
+        d.write()
+        d.start()
+        d.send(make_report(body="Shared body text.\n"))
+        db = sa.create_engine(d.database)
+
+        def queued() -> tuple[int, int, int] | None:
+            with db.connect() as c:
+                rows = c.execute(sa.text(
+                    "SELECT count(*), count(DISTINCT body_id), count(body_id) FROM outbound"
+                )).one()
+            return (rows[0], rows[1], rows[2]) if rows[0] == 4 else None
+
+        assert wait_for(queued, 20, "4 copies queued") == (4, 1, 3)  # the ack has its own body
+        with db.connect() as c:
+            sealed = c.execute(sa.text("SELECT content FROM bodies")).scalars().all()
+        assert len(sealed) == 1 and b"Shared body" not in sealed[0]
+        relay.start()
+        d.cli("queue", "--flush")
+        wait_for(lambda: len(relay.messages) >= 4, 20, "4 copies at the relay")
+
+        def emptied() -> bool:
+            with db.connect() as c:
+                return c.execute(sa.text(
+                    "SELECT (SELECT count(*) FROM outbound) + (SELECT count(*) FROM bodies)"
+                )).scalar() == 0
+        wait_for(emptied, 20, "queue and bodies emptied")
+        assert all(m.startswith(b"DKIM-Signature:") for _, _, m in relay.messages)
+    finally:
+        relay.stop()
 
 
 def test_unknown_recipients_refused_at_rcpt(sqlite_daemon: Daemon) -> None:
