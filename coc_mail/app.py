@@ -25,6 +25,7 @@ class App:
     keys: Keyring
     addresses: Addresses
     engine: Engine
+    incoming: Engine  # the incoming queue: ``engine`` itself, or a SQLite file of its own
     templates: Templates
     signer: dkim.Signer
     dnsfunc: dkim.DnsFunc
@@ -64,6 +65,7 @@ def build(settings: Settings, *, create_keys: bool = False, migrate: bool = True
         keys=keys,
         addresses=Addresses(settings.committee.address, keys),
         engine=engine,
+        incoming=store.make_incoming(settings.database_url, engine),
         templates=Templates(settings.templates.directory),
         signer=dkim.Signer(pem, settings.dkim.selector, settings.committee.domain),
         dnsfunc=dkim.make_dnsfunc(settings.dkim.dns_overrides),

@@ -18,9 +18,13 @@ def _digest(prev: str, code_name: str, at: str, actor: str, action: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def record(keys: Keyring, session: Session, code_name: str, actor: str, action: str) -> None:
-    """Append one entry to the case's chain (in the caller's transaction)."""
-    last = session.exec(
+def record(
+    keys: Keyring, session: Session, code_name: str, actor: str, action: str,
+    *, first: bool = False,
+) -> None:
+    """Append one entry to the case's chain (in the caller's transaction); ``first`` for
+    the entry that opens a new case's chain."""
+    last = None if first else session.exec(
         select(AuditEntry.hash)
         .where(AuditEntry.code_name == code_name)
         .order_by(col(AuditEntry.id).desc())

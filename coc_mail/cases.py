@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
+from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from .app import App
@@ -45,9 +46,7 @@ def unused_code_name(session: Session) -> str:
     """A fresh code name not used by any case so far (the unique constraint backs this up)."""
     for _ in range(CODE_NAME_TRIES):
         code_name = new_code_name()
-        if session.get(CodeName, code_name) is None and session.exec(
-            select(Case.id).where(Case.code_name == code_name)
-        ).first() is None:
+        if session.get(CodeName, code_name) is None:  # every case's name is in code_names
             session.add(CodeName(name=code_name))
             return code_name
         log.info("code name collision, drawing another")
@@ -73,6 +72,19 @@ def set_standing(app: App, session: Session, case: Case, handle: str, standing: 
         row.state = standing
         row.updated_at = utcnow()
         session.add(row)
+
+
+def open_standings(app: App, session: Session, case: Case, of: dict[str, Standing]) -> None:
+    """The first standings of a case just opened (its rows are new: one insert for all)."""
+    assert case.id is not None
+    now = utcnow()
+    rows = [
+        {"case_id": case.id, "member_tag": member_tag(app, handle), "state": standing,
+         "updated_at": now, "reminded": False}
+        for handle, standing in of.items()
+    ]
+    if rows:
+        session.execute(insert(CaseMember), rows)
 
 
 def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:

@@ -42,6 +42,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .workers import run_worker
+
+    peers = [int(fd) for fd in args.peer_fds.split(",") if fd]
+    run_worker(_settings(args), args.config, args.index, args.wake_fd, args.lifeline_fd, peers)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .app import build
     from .compose import Templates
@@ -178,7 +186,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     app = build(settings, migrate=False)
     if args.flush:
         count = retry_now(app, clear_claims=False)
-        with Session(app.engine) as session:
+        with Session(app.incoming) as session:
             shunted = session.exec(
                 update(Inbound)
                 .where(col(Inbound.shunted).is_(True))
@@ -196,6 +204,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             .join(Case, col(Case.id) == col(Outbound.case_id), isouter=True)
             .order_by(col(Outbound.next_attempt_at))
         ).all()
+    with Session(app.incoming) as session:
         inbound = session.exec(
             select(func.count()).select_from(Inbound).where(col(Inbound.shunted).is_(False))
         ).one()
@@ -345,6 +354,13 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     add("serve", cmd_serve, "run the daemon (SMTP intake, processing, delivery)")
+    # Started by `serve` for its worker processes; not listed, not for use by hand.
+    w = sub.add_parser("worker")
+    w.add_argument("index", type=int)
+    w.add_argument("--wake-fd", type=int, required=True)
+    w.add_argument("--lifeline-fd", type=int, required=True)
+    w.add_argument("--peer-fds", required=True)
+    w.set_defaults(func=cmd_worker)
     add(
         "check",
         cmd_check,

@@ -199,7 +199,7 @@ class ForwardBody:
         boundary = "coc-" + secrets.token_hex(12)
         while boundary.encode() in original:
             boundary = "coc-" + secrets.token_hex(12)
-        eight_bit = any(b > 127 for b in original)
+        eight_bit = not original.isascii()
         part_head = (
             b"Content-Type: message/rfc822\r\n"
             b'Content-Disposition: attachment; filename="original.eml"\r\n'

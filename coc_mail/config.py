@@ -112,6 +112,7 @@ class Server(_Section):
     timeout_seconds: float = Field(default=300.0, gt=0)
     pid_file: str = "var/coc-mail.pid"
     require_tls_for_members: bool = False
+    workers: int = Field(default=0, ge=0, le=64)  # worker processes; 0: one per core (2-8)
 
     @field_validator("listen")
     @classmethod

@@ -1,4 +1,5 @@
-"""``coc-mail serve``: wire intake, processor and delivery together and run until stopped."""
+"""``coc-mail serve``: the SMTP intake in this process, processing and delivery in worker
+processes (:mod:`coc_mail.workers`); run until stopped."""
 
 from __future__ import annotations
 
@@ -8,28 +9,27 @@ import fcntl
 import logging
 import os
 import signal
-import threading
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import IO
 
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, update
+from sqlmodel import Session, delete, select, update
 
 from . import config as config_mod
 from . import workflow
 from .app import App, build
 from .config import Settings
-from .delivery import Deliverer, make_transport, retry_now
+from .delivery import retry_now
 from .errors import CocMailError
 from .intake import IntakeHandler, smtp_factory
 from .outbox import Outbox
-from .processor import Processor
-from .reminders import Scheduler
 from .spool import Spool
 from .store import Inbound
+from .workers import Pool, run_loop, worker_count
 
 log = logging.getLogger(__name__)
+LOCK_WAIT = 5.0  # seconds
 
 
 def _lock(settings: Settings) -> IO[str] | None:
@@ -43,14 +43,20 @@ def _lock(settings: Settings) -> IO[str] | None:
     ).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CocMailError(
-            f"another coc-mail daemon holds {path}: with SQLite only one may run "
-            "(use PostgreSQL to run several)"
-        ) from None
-    return fh
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            # The workers of a daemon that was just killed let go within moments.
+            if time.monotonic() > deadline:
+                fh.close()
+                raise CocMailError(
+                    f"another coc-mail daemon holds {path}: with SQLite only one may run "
+                    "(use PostgreSQL to run several)"
+                ) from None
+            time.sleep(0.1)
 
 
 def sync_members(app: App) -> None:
@@ -64,29 +70,52 @@ def sync_members(app: App) -> None:
         log.info("onboarding sent to %d new member(s)", len(onboarded))
 
 
+def _move_incoming(app: App) -> int:
+    """Messages a coc-mail before 0.4 left in the main SQLite file's incoming queue move to
+    the incoming file (idempotent by uid: a crash halfway leaves no duplicate)."""
+    if app.incoming is app.engine:
+        return 0
+    with Session(app.engine) as main:
+        rows = main.exec(select(Inbound)).all()
+        if not rows:
+            return 0
+        with Session(app.incoming) as inq:
+            for row in rows:
+                uid = row.uid or f"moved-{row.id}"
+                if inq.exec(select(Inbound.id).where(Inbound.uid == uid)).first() is None:
+                    inq.add(Inbound(uid=uid, received_at=row.received_at, envelope=row.envelope,
+                                    content=row.content, attempts=row.attempts,
+                                    shunted=row.shunted, error=row.error))
+            inq.commit()
+        main.exec(delete(Inbound))
+        main.commit()
+    return len(rows)
+
+
 def _recover(app: App) -> None:
     """Start-up: every waiting copy is due now; with SQLite (one daemon) old claims are void."""
     single = app.settings.database_url.startswith("sqlite")
     copies = retry_now(app, clear_claims=single)
+    moved = _move_incoming(app)
     if single:
-        with Session(app.engine) as session:
+        with Session(app.incoming) as session:
             session.exec(update(Inbound).values(claimed_until=None))
             session.commit()
+    if moved:
+        log.info("start-up: %d incoming message(s) moved to the incoming queue's own file", moved)
     if copies:
         log.info("start-up: %d waiting copies queued for immediate retry", copies)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[[], object]) -> None:
-    loop.call_soon_threadsafe(func)
-
-
 class Daemon:
-    """The running daemon: one asyncio loop for SMTP and delivery, threads for the rest."""
+    """The running daemon's main process: the SMTP listener and the spool writer thread, and
+    the worker processes that process and deliver."""
 
-    def __init__(self, app: App, config_path: str | None) -> None:
+    def __init__(self, app: App, config_path: str | None, keep_fds: list[int]) -> None:
         self.app = app
         self.config_path = config_path
         self.stopped = asyncio.Event()
+        self.workers = Pool(config_path, worker_count(app.settings), keep_fds)
 
     def reload(self) -> None:
         """SIGHUP / `coc-mail reload`: re-read the config; on any error keep the old one."""
@@ -105,26 +134,19 @@ class Daemon:
             sync_members(self.app)
         except Exception as exc:  # noqa: BLE001 - retried at the next reload or start
             log.error("reload: onboarding failed (%s)", type(exc).__name__)
-        self.deliverer.wake.set()
+        self.workers.signal(signal.SIGHUP)
+        self.workers.deliver()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         settings = self.app.settings
-        self.deliverer = Deliverer(self.app, make_transport(self.app))
-        self.processor = Processor(
-            self.app, on_queued=lambda: _call_soon(loop, self.deliverer.wake.set)
-        )
-        self.spool = Spool(self.app.engine, self.app.keys, on_commit=self.processor.wake.set)
+        self.spool = Spool(self.app.incoming, self.app.keys, on_commit=self.workers.process)
         self.handler = IntakeHandler(settings, self.app.addresses, self.app.engine, self.spool)
         _recover(self.app)
         sync_members(self.app)
         self.spool.start()
-        scheduler = Scheduler(self.app, lambda: _call_soon(loop, self.deliverer.wake.set))
-        ticker = threading.Thread(target=scheduler.run, name="reminders", daemon=True)
-        ticker.start()
-        worker = threading.Thread(target=self.processor.run, name="processor", daemon=True)
-        worker.start()
-        delivery = asyncio.create_task(self.deliverer.run(), name="delivery")
+        self.workers.start()
+        watcher = asyncio.create_task(self.workers.watch(), name="workers")
         server = await loop.create_server(
             lambda: smtp_factory(self.app.settings, self.handler),
             host=settings.server.host,
@@ -133,12 +155,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        loop.add_signal_handler(signal.SIGUSR1, self.deliverer.wake.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.workers.flush)
         log.info(
-            "coc-mail ready: SMTP on %s for %s, delivering to %s",
+            "coc-mail ready: SMTP on %s for %s, delivering to %s (%d worker processes)",
             settings.server.listen,
             self.app.alias,
             settings.delivery.relay.split("@")[-1],
+            self.workers.count,
         )
         await self.stopped.wait()
         log.info("stopping: no new mail accepted; finishing what is in hand")
@@ -147,20 +170,13 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 5)
         await asyncio.to_thread(self.spool.stop)
-        scheduler.stopping.set()
-        self.processor.stopping.set()
-        self.processor.wake.set()
-        await asyncio.to_thread(worker.join, 30)
-        self.deliverer.stop()  # copies being sent are finished and recorded, up to 30 s
-        try:
-            await asyncio.wait_for(delivery, 30)
-        except (TimeoutError, asyncio.CancelledError):
-            log.warning("stopping: copies still in flight are left to the next start")
+        self.workers.stopping = True
+        watcher.cancel()
+        await asyncio.to_thread(self.workers.stop)
         log.info(
-            "stopped: %d message(s) accepted in %d commit(s), %d processed, %d copies "
-            "delivered, %d deferrals",
-            self.spool.messages, self.spool.commits, self.processor.processed,
-            self.deliverer.delivered, self.deliverer.deferred,
+            "stopped: %d message(s) accepted in %d commit(s)%s",
+            self.spool.messages, self.spool.commits,
+            f", {self.workers.restarts} worker restart(s)" if self.workers.restarts else "",
         )
 
 
@@ -171,7 +187,9 @@ def serve(settings: Settings, config_path: str | None) -> None:
     pid.parent.mkdir(parents=True, exist_ok=True)
     pid.write_text(f"{os.getpid()}\n")
     try:
-        asyncio.run(Daemon(app, config_path).run())
+        keep = [lock.fileno()] if lock is not None else []
+        daemon = Daemon(app, config_path, keep)
+        run_loop(daemon.run)
     finally:
         with contextlib.suppress(OSError):
             pid.unlink()

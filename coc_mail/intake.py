@@ -13,7 +13,7 @@ import logging
 import ssl
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
@@ -162,8 +162,10 @@ class BoundedSMTP(SMTP):
         self._ip = str(peer[0]) if peer else ""
         too_many = BoundedSMTP.active >= self.max_connections
         if too_many or not self.limits.open(self._ip):
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+            # uvloop's transports write but are not asyncio.WriteTransport subclasses.
+            cast(asyncio.WriteTransport, transport).write(
+                b"421 4.7.0 Too many connections, try again later\r\n"
+            )
             transport.close()
             return
         BoundedSMTP.active += 1

@@ -9,34 +9,37 @@ sealed, the operators told, and retried by ``coc-mail queue --flush``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import formataddr
 
-from sqlalchemy import or_
+from sqlalchemy import delete, func, or_
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, col, select
 
 from . import audit, conflicts, dkim, document
 from .addresses import Kind, Recipient
 from .app import App
-from .cases import Standing, receiving_members, set_standing, unused_code_name
+from .cases import Standing, open_standings, receiving_members, unused_code_name
 from .compose import ForwardBody, forward_head, one_line, text_message
 from .config import Member
 from .message import Incoming
 from .outbox import Outbox
 from .spool import Envelope
-from .store import AckBudget, Case, Inbound, SentCopy, utcnow
+from .store import AckBudget, Case, Inbound, ProcessedInbound, SentCopy, utcnow
 from .workflow import Work, declared_conflicts, pending_members
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+BATCH = 16  # messages per processing transaction
+BATCH_BYTES = 4 << 20  # and about this much content at most (a big report goes alone)
 DIGEST_PENDING = "digest-pending"
 NOTICES_PER_HOUR = 3
 DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
@@ -102,57 +105,148 @@ class Processor:
     def run_once(self) -> int:
         """Process queued messages until none is ready; return how many were handled."""
         handled = 0
-        while not self.stopping.is_set() and self.process_next():
-            handled += 1
+        while not self.stopping.is_set():
+            done = self.process_batch()
+            if not done:
+                break
+            handled += done
         return handled
 
-    def process_next(self) -> bool:
-        """Handle the oldest ready message; False when there is none.
-
-        On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED`` for the whole unit, so two
-        daemons never handle the same message; SQLite has one daemon and one processor.
-        """
+    def _ready(self, session: Session, limit: int) -> list[int]:
+        """Ids of the oldest ready messages, at most ``limit`` and about BATCH_BYTES in all
+        (always at least one). On PostgreSQL they are locked ``FOR UPDATE SKIP LOCKED`` until
+        the caller's transaction ends, so two daemons never handle the same message; SQLite
+        has one daemon and one processor."""
         now = utcnow()
-        row_id: int | None = None
+        rows = session.execute(
+            select(Inbound.id, func.length(Inbound.content))
+            .where(col(Inbound.shunted).is_(False))
+            .where(or_(col(Inbound.claimed_until).is_(None), col(Inbound.claimed_until) <= now))
+            .order_by(col(Inbound.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        ids: list[int] = []
+        size = 0
+        for row_id, length in rows:
+            if ids and size + length > BATCH_BYTES:
+                break
+            ids.append(int(row_id))
+            size += length
+        return ids
+
+    def _unit(self, session: Session, row: Inbound) -> Unit:
+        envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
+        content = self.app.keys.open(row.content, "inbound.content")
+        return Unit(self.app, session, Incoming(envelope, content), Outbox(self.app))
+
+    @property
+    def shared(self) -> bool:
+        """Is the incoming queue a table of the main database (PostgreSQL)?"""
+        return self.app.incoming is self.app.engine
+
+    @contextlib.contextmanager
+    def _sessions(self) -> Iterator[tuple[Session, Session]]:
+        """The main database's session and the incoming queue's (the same one when shared)."""
+        with Session(self.app.engine, autoflush=False) as main:
+            if self.shared:
+                yield main, main
+                return
+            with Session(self.app.incoming, autoflush=False) as inq:
+                yield main, inq
+
+    def _load(self, main: Session, inq: Session, ids: list[int]) -> list[Inbound]:
+        """The rows, minus those already applied (a crash came between the main commit and
+        the deletion from a separate incoming file): those are deleted now."""
+        rows = list(inq.exec(
+            select(Inbound).where(col(Inbound.id).in_(ids)).order_by(col(Inbound.id))
+            .with_for_update(skip_locked=True)
+        ).all())
+        if self.shared or not rows:
+            return rows
+        applied = set(main.exec(
+            select(ProcessedInbound.uid).where(col(ProcessedInbound.uid).in_(
+                [_uid(r) for r in rows]))
+        ).all())
+        if applied:
+            done = [r.id for r in rows if _uid(r) in applied]
+            inq.exec(delete(Inbound).where(col(Inbound.id).in_(done)))
+            inq.commit()
+            log.info("processor: %d message(s) already applied; removed from the queue",
+                     len(done))
+            rows = [r for r in rows if _uid(r) not in applied]
+        return rows
+
+    def _apply(self, main: Session, inq: Session, rows: list[Inbound]) -> None:
+        """Handle ``rows`` in one transaction of the main database and commit it; then take
+        them off a separate incoming queue. Raises what a handler raises (nothing is kept)."""
+        units = [self._unit(main, row) for row in rows]
+        for unit in units:
+            unit.verdict()  # the slow work, before the first write
+        now = utcnow()
+        for row, unit in zip(rows, units, strict=True):
+            self.handle(unit)
+            unit.outbox.write(main)
+            if self.shared:
+                main.delete(row)
+            else:
+                main.add(ProcessedInbound(uid=_uid(row), at=now))
+            main.flush()  # the next message sees this one's changes
+        main.commit()
+        if not self.shared:
+            try:
+                inq.exec(delete(Inbound).where(col(Inbound.id).in_([r.id for r in rows])))
+                inq.commit()
+            except DB_TROUBLE as exc:  # applied already: the next pass removes them
+                log.warning("processor: could not remove %d applied message(s) (%s)",
+                            len(rows), type(exc).__name__)
+        self.processed += len(rows)
+        self.on_queued()
+
+    def process_batch(self, limit: int = BATCH) -> int:
+        """Handle up to ``limit`` ready messages in one transaction (one commit for all);
+        return how many were taken, 0 when none was ready.
+
+        If one message fails, the whole batch is rolled back and its messages are handled one
+        by one, so a bad message costs only itself.
+        """
+        with self._sessions() as (main, inq):
+            ids = self._ready(inq, limit)
+            if not ids:
+                return 0
+            if len(ids) > 1:
+                rows = self._load(main, inq, ids)
+                try:
+                    if rows:
+                        self._apply(main, inq, rows)
+                    return len(ids)
+                except DB_TROUBLE:
+                    raise  # not the messages' fault: the loop waits and tries again
+                except Exception:  # noqa: BLE001 - one of them is bad: find it, alone
+                    main.rollback()
+                    if inq is not main:
+                        inq.rollback()
+        return sum(self.process_one(i) for i in ids)
+
+    def process_one(self, row_id: int) -> bool:
+        """Handle one message in its own transaction; a failure is recorded on its row."""
         try:
-            with Session(self.app.engine, autoflush=False) as session:
-                row = session.exec(
-                    select(Inbound)
-                    .where(col(Inbound.shunted).is_(False))
-                    .where(
-                        or_(col(Inbound.claimed_until).is_(None), col(Inbound.claimed_until) <= now)
-                    )
-                    .order_by(col(Inbound.id))
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if row is None:
-                    return False
-                row_id = row.id
-                envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
-                content = self.app.keys.open(row.content, "inbound.content")
-                unit = Unit(self.app, session, Incoming(envelope, content), Outbox(self.app))
-                self.handle(unit)
-                unit.outbox.write(session)
-                session.delete(row)
-                session.commit()
+            with self._sessions() as (main, inq):
+                rows = self._load(main, inq, [row_id])
+                if rows:
+                    self._apply(main, inq, rows)
         except DB_TROUBLE:
             raise  # not the message's fault: the loop waits and tries again, uncounted
-        except Exception as exc:
-            if row_id is None:
-                raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the row; shunted after a few
             log.error(
                 "processor: inbound %d failed: %s at %s", row_id, type(exc).__name__, where(exc)
             )
             self._defer(row_id, exc)
-            return True
-        self.processed += 1
-        self.on_queued()
         return True
 
     def _defer(self, row_id: int, exc: BaseException) -> None:
-        with Session(self.app.engine) as session:
-            row = session.get(Inbound, row_id)
+        with self._sessions() as (main, inq):
+            row = inq.get(Inbound, row_id)
             if row is None:
                 return
             row.attempts += 1
@@ -167,10 +261,11 @@ class Processor:
                     "It is kept, encrypted, in the incoming queue. `coc-mail queue --flush`\n"
                     "retries it (after an upgrade that fixes the cause).\n",
                 )
-                outbox.write(session)
+                outbox.write(main)
+                main.commit()
                 log.error("processor: inbound %d shunted after %d attempts", row_id, row.attempts)
-            session.add(row)
-            session.commit()
+            inq.add(row)
+            inq.commit()
 
     # -- routing ----------------------------------------------------------------------------
     def handle(self, unit: Unit) -> None:
@@ -276,11 +371,11 @@ class Processor:
             self.acknowledge(unit, case, reporter)
         session.add(case)
         session.flush()  # the write transaction starts here: everything slow is done
-        for member in decision.excluded:
-            set_standing(self.app, session, case, member.handle, Standing.EXCLUDED)
-        for member in recipients:
-            set_standing(self.app, session, case, member.handle, Standing.NOTIFIED)
-        audit.record(self.app.keys, session, case.code_name, "coc-mail", "case opened (New)")
+        first = {m.handle: Standing.EXCLUDED for m in decision.excluded}
+        first.update({m.handle: Standing.NOTIFIED for m in recipients})
+        open_standings(self.app, session, case, first)
+        audit.record(self.app.keys, session, case.code_name, "coc-mail", "case opened (New)",
+                     first=True)
         if not recipients:
             log.error("case %s: every member is excluded; nobody received it", case.code_name)
         log.info(
@@ -561,6 +656,10 @@ class Processor:
                     auth_results=None,
                 ),
             )
+
+
+def _uid(row: Inbound) -> str:
+    return row.uid or f"id-{row.id}"
 
 
 def dsn_status(parsed: Message) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import queue
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class Spool:
             with Session(self.engine) as session:
                 for item in batch:
                     item.row = Inbound(
+                        uid=secrets.token_hex(8),
                         envelope=self.keys.seal(item.envelope.to_json(), "inbound.envelope"),
                         content=self.keys.seal(item.content, "inbound.content"),
                     )

@@ -32,10 +32,17 @@ class Meta(SQLModel, table=True):
 
 
 class Inbound(SQLModel, table=True):
-    """The incoming queue: one row per accepted SMTP transaction, sealed, until processed."""
+    """The incoming queue: one row per accepted SMTP transaction, sealed, until processed.
+
+    With SQLite it lives in a database file of its own (:func:`incoming_url`), so the SMTP
+    intake's commits never wait for processing or delivery to release the main file's write
+    lock; ``uid`` then lets the processor recognise a message it has already applied
+    (:class:`ProcessedInbound`). With PostgreSQL it is a table of the main database.
+    """
 
     __tablename__ = "inbound"
     id: int | None = Field(default=None, primary_key=True)
+    uid: str | None = Field(default=None, max_length=32, index=True)
     received_at: dt.datetime = Field(default_factory=utcnow, index=True)
     envelope: bytes  # sealed JSON: mail_from, rcpt_tos, peer, smtputf8
     content: bytes  # sealed raw message as received
@@ -43,6 +50,15 @@ class Inbound(SQLModel, table=True):
     claimed_until: dt.datetime | None = None
     shunted: bool = Field(default=False, index=True)
     error: str | None = Field(default=None, max_length=200)  # exception class only, no content
+
+
+class ProcessedInbound(SQLModel, table=True):
+    """Incoming messages (by uid) whose processing is committed in the main database, kept
+    until their row in the separate incoming database is surely gone (a day)."""
+
+    __tablename__ = "processed_inbound"
+    uid: str = Field(primary_key=True, max_length=32)
+    at: dt.datetime = Field(default_factory=utcnow, index=True)
 
 
 class Case(SQLModel, table=True):
@@ -204,7 +220,32 @@ def make_engine(url: str) -> Engine:
     )
 
 
-SCHEMA_HEAD = "0003"  # the newest migration; tests/test_workflow_more.py keeps them in step
+def incoming_url(url: str) -> str | None:
+    """Where the incoming queue lives: for a SQLite file ``x.db``, ``x.incoming.db`` beside
+    it; None (the main database) for PostgreSQL and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    parsed = sa.engine.make_url(url)
+    path = parsed.database
+    if not path or path == ":memory:":
+        return None
+    p = Path(path)
+    return parsed.set(database=str(p.with_name(f"{p.stem}.incoming{p.suffix or '.db'}"))
+                      ).render_as_string(hide_password=False)
+
+
+def make_incoming(url: str, main: Engine) -> Engine:
+    """The incoming queue's engine (``main`` itself unless :func:`incoming_url` says
+    otherwise); a separate SQLite file gets its one table created."""
+    separate = incoming_url(url)
+    if separate is None:
+        return main
+    engine = make_engine(separate)
+    SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables["inbound"]])
+    return engine
+
+
+SCHEMA_HEAD = "0004"  # the newest migration; tests/test_workflow_more.py keeps them in step
 
 
 def check_schema(engine: Engine) -> None:

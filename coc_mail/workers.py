@@ -1,0 +1,236 @@
+"""Worker processes: processing, delivery and reminders, run beside the SMTP intake.
+
+``coc-mail serve`` keeps the SMTP listener (and its group-committing spool) in its own
+process and starts ``server.workers`` worker processes, as Postfix's master starts smtpd,
+cleanup and smtp apart: a flood of SMTP sessions and the CPU-heavy work behind it (parsing,
+DKIM signing, relaying) then run on different cores instead of taking turns on one
+interpreter lock. The processes share nothing but the database, and each has a wake-up pipe:
+
+* the intake writes ``p`` to worker 0's pipe after each commit: worker 0 processes the
+  incoming queue (one processor per database, in arrival order) and runs the reminders;
+* whoever queues copies writes ``d`` to every worker's pipe: every worker delivers, each
+  claiming its own copies with a lease.
+
+A worker whose main process dies (even by SIGKILL) sees its lifeline pipe close and exits at
+once; what it had in hand is redone by the next start, as after any crash. The main process
+restarts a worker that dies, and stops them all (SIGTERM, then waits) when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from . import config as config_mod
+from .app import build
+from .config import Settings
+from .delivery import Deliverer, make_transport
+from .errors import CocMailError
+from .processor import Processor
+from .reminders import Scheduler
+
+log = logging.getLogger(__name__)
+
+PROCESS = b"p"
+DELIVER = b"d"
+RESTART_DELAY = 1.0
+
+
+def worker_count(settings: Settings) -> int:
+    """``server.workers``, or with 0 (the default) one per CPU core, at least 2, at most 8."""
+    if settings.server.workers:
+        return settings.server.workers
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+def poke(fds: list[int], what: bytes) -> None:
+    """Write a wake-up byte to each pipe; a full pipe already has a wake-up waiting."""
+    for fd in fds:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(fd, what)
+
+
+class Pool:
+    """The main process's side: start, watch, signal and stop the worker processes."""
+
+    def __init__(self, config_path: str | None, count: int, keep_fds: list[int]) -> None:
+        self.config_path = config_path
+        self.count = count
+        self.keep_fds = keep_fds  # e.g. the SQLite lock file: held until the last worker exits
+        pipes = [os.pipe() for _ in range(count)]
+        for _, w in pipes:
+            os.set_blocking(w, False)
+        self.wake_r = [r for r, _ in pipes]
+        self.wake_w = [w for _, w in pipes]
+        self.lifeline_r, self.lifeline_w = os.pipe()  # never written: EOF means we are gone
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.stopping = False
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        config = ["--config", self.config_path] if self.config_path else []
+        args = [
+            sys.executable, "-m", "coc_mail", *config, "worker", str(index),
+            "--wake-fd", str(self.wake_r[index]),
+            "--lifeline-fd", str(self.lifeline_r),
+            "--peer-fds", ",".join(map(str, self.wake_w)),
+        ]
+        fds = [self.wake_r[index], self.lifeline_r, *self.wake_w, *self.keep_fds]
+        return subprocess.Popen(args, pass_fds=fds)
+
+    def start(self) -> None:
+        for i in range(self.count):
+            self.procs[i] = self._spawn(i)
+
+    async def watch(self) -> None:
+        """Restart a worker that exits while the daemon runs (it crashed or was killed)."""
+        while not self.stopping:
+            await asyncio.sleep(0.5)
+            for i, proc in enumerate(self.procs):
+                if proc is None or proc.poll() is None or self.stopping:
+                    continue
+                log.error("worker %d exited with status %s; restarting it", i, proc.returncode)
+                self.restarts += 1
+                await asyncio.sleep(RESTART_DELAY)
+                if not self.stopping:
+                    self.procs[i] = self._spawn(i)
+
+    def process(self) -> None:
+        poke(self.wake_w[:1], PROCESS)
+
+    def deliver(self) -> None:
+        poke(self.wake_w, DELIVER)
+
+    def flush(self) -> None:
+        """``coc-mail queue --flush`` (SIGUSR1): retried messages and copies, now."""
+        self.process()
+        self.deliver()
+
+    def signal(self, sig: signal.Signals) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM every worker and wait for them (each finishes what it has in hand)."""
+        self.stopping = True
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("stopping: a worker did not finish in time; killed")
+                proc.kill()
+                proc.wait()
+        os.close(self.lifeline_w)
+
+
+class Worker:
+    """One worker process: delivery always; processing and reminders in worker 0."""
+
+    def __init__(
+        self, settings: Settings, config_path: str | None, index: int,
+        wake_fd: int, lifeline_fd: int, peer_fds: list[int],
+    ) -> None:
+        self.app = build(settings, migrate=False)
+        self.config_path = config_path
+        self.index = index
+        self.wake_fd, self.lifeline_fd, self.peer_fds = wake_fd, lifeline_fd, peer_fds
+        self.stopped = asyncio.Event()
+
+    def _queued(self) -> None:
+        poke(self.peer_fds, DELIVER)
+
+    def reload(self) -> None:
+        try:
+            self.app.settings = config_mod.load(self.config_path)
+        except CocMailError:
+            return  # the main process logs why and keeps running on the old configuration
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deliverer = Deliverer(self.app, make_transport(self.app))
+        processor: Processor | None = None
+        threads: list[threading.Thread] = []
+        scheduler: Scheduler | None = None
+        if self.index == 0:
+            processor = Processor(self.app, on_queued=self._queued)
+            scheduler = Scheduler(self.app, self._queued)
+            threads = [
+                threading.Thread(target=processor.run, name="processor", daemon=True),
+                threading.Thread(target=scheduler.run, name="reminders", daemon=True),
+            ]
+            for t in threads:
+                t.start()
+
+        def woken() -> None:
+            try:
+                data = os.read(self.wake_fd, 4096)
+            except BlockingIOError:
+                return
+            if DELIVER in data:
+                deliverer.wake.set()
+            if PROCESS in data and processor is not None:
+                processor.wake.set()
+
+        def orphaned() -> None:
+            if not os.read(self.lifeline_fd, 1):
+                log.error("worker %d: the daemon's main process is gone; exiting", self.index)
+                os._exit(1)  # as after a crash: leases run out, the next start redoes it
+
+        os.set_blocking(self.wake_fd, False)
+        loop.add_reader(self.wake_fd, woken)
+        loop.add_reader(self.lifeline_fd, orphaned)
+        loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, deliverer.wake.set)
+        delivery = asyncio.create_task(deliverer.run(), name="delivery")
+        await self.stopped.wait()
+        if processor is not None and scheduler is not None:
+            scheduler.stopping.set()
+            processor.stopping.set()
+            processor.wake.set()
+            await asyncio.to_thread(threads[0].join, 30)
+        deliverer.stop()  # copies being sent are finished and recorded, up to 30 s
+        try:
+            await asyncio.wait_for(delivery, 30)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("stopping: copies still in flight are left to the next start")
+        log.info(
+            "worker %d stopped: %d processed, %d copies delivered, %d deferrals",
+            self.index, processor.processed if processor else 0,
+            deliverer.delivered, deliverer.deferred,
+        )
+
+
+def run_worker(
+    settings: Settings, config_path: str | None, index: int,
+    wake_fd: int, lifeline_fd: int, peer_fds: list[int],
+) -> None:
+    """Entry point of ``coc-mail worker`` (started by ``serve``, not by hand)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops us
+    worker = Worker(settings, config_path, index, wake_fd, lifeline_fd, peer_fds)
+    run_loop(worker.run)
+
+
+def run_loop(main: Callable[[], object]) -> None:
+    """Run ``main`` on uvloop when it is installed (faster sockets), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        asyncio.run(main())  # type: ignore[arg-type]
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())  # type: ignore[arg-type]
