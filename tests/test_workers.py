@@ -1,0 +1,120 @@
+"""Worker processes: supervised by the main process, gone with it, and the incoming queue's
+own SQLite file never applies a message twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from coc_mail.crypto import load_keyring
+from coc_mail.spool import Envelope
+
+from .helpers import ALIAS, Daemon, make_report, wait_for, wire
+
+
+def workers_of(d: Daemon) -> list[int]:
+    assert d.proc is not None
+    pid = d.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cases(d: Daemon) -> list[str]:
+    return d.cli("cases").stdout.splitlines()[1:]
+
+
+def test_a_worker_that_dies_is_restarted_and_mail_keeps_flowing(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    first = wait_for(lambda: len(workers_of(d)) == 2 and workers_of(d), 10, "two workers")
+    for pid in first:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: d.log_text().count("restarting it") >= 2, 10, "restarts logged")
+    wait_for(lambda: len(workers_of(d)) == 2 and set(workers_of(d)).isdisjoint(first), 10,
+             "two new workers")
+    d.send(make_report())
+    d.wait_delivered(4)
+
+
+def test_workers_go_with_a_killed_main_process_and_the_next_start_works(
+    sqlite_daemon: Daemon,
+) -> None:
+    d = sqlite_daemon
+    pids = wait_for(lambda: len(workers_of(d)) == 2 and workers_of(d), 10, "two workers")
+    d.kill()
+    wait_for(lambda: not any(alive(p) for p in pids), 10, "orphaned workers to exit")
+    d.start()  # takes the SQLite lock the workers held
+    d.send(make_report())
+    d.wait_delivered(4)
+
+
+def _queue_by_hand(d: Daemon, uid: str, *, applied: bool) -> None:
+    """Put a sealed message in the incoming file as the intake would, with ``applied`` marking
+    it processed in the main file (as after a crash between the two commits)."""
+    keys, _ = load_keyring(str(d.var / "secret.key"))
+    envelope = Envelope("reporter@example.com", [ALIAS], "127.0.0.1").to_json()
+    content = wire(make_report(subject=f"by hand {uid}"))
+    incoming = sa.create_engine(f"sqlite:///{d.var}/coc-mail.incoming.db")
+    with incoming.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO inbound (uid, received_at, envelope, content, attempts, shunted) "
+            "VALUES (:uid, CURRENT_TIMESTAMP, :e, :c, 0, 0)"),
+            {"uid": uid, "e": keys.seal(envelope, "inbound.envelope"),
+             "c": keys.seal(content, "inbound.content")})
+    if applied:
+        main = sa.create_engine(f"sqlite:///{d.var}/coc-mail.db")
+        with main.begin() as c:
+            c.execute(sa.text("INSERT INTO processed_inbound (uid, at) "
+                              "VALUES (:uid, CURRENT_TIMESTAMP)"), {"uid": uid})
+
+
+def _incoming_rows(d: Daemon) -> int:
+    incoming = sa.create_engine(f"sqlite:///{d.var}/coc-mail.incoming.db")
+    with incoming.connect() as c:
+        return int(c.execute(sa.text("SELECT count(*) FROM inbound")).scalar() or 0)
+
+
+def test_a_message_applied_before_a_crash_is_not_applied_again(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    d.stop()
+    _queue_by_hand(d, "applied-already", applied=True)
+    _queue_by_hand(d, "not-yet", applied=False)
+    d.start()
+    wait_for(lambda: _incoming_rows(d) == 0, 20, "the incoming file emptied")
+    d.wait_delivered(4)  # the one not applied yet: 3 members + acknowledgment
+    time.sleep(0.5)
+    assert len(cases(d)) == 1
+    assert "1 message(s) already applied" in d.log_text()
+
+
+def test_messages_left_in_the_main_file_by_an_older_version_are_moved_and_processed(
+    sqlite_daemon: Daemon,
+) -> None:
+    d = sqlite_daemon
+    d.stop()
+    keys, _ = load_keyring(str(d.var / "secret.key"))
+    envelope = Envelope("reporter@example.com", [ALIAS], "127.0.0.1").to_json()
+    main = sa.create_engine(f"sqlite:///{d.var}/coc-mail.db")
+    with main.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO inbound (received_at, envelope, content, attempts, shunted) "
+            "VALUES (CURRENT_TIMESTAMP, :e, :c, 0, 0)"),
+            {"e": keys.seal(envelope, "inbound.envelope"),
+             "c": keys.seal(wire(make_report()), "inbound.content")})
+    d.start()
+    d.wait_delivered(4)
+    assert "1 incoming message(s) moved" in d.log_text()
+    with main.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM inbound")).scalar() == 0
+    assert len(cases(d)) == 1
