@@ -42,7 +42,8 @@ def record(
             hash=_digest(prev, code_name, at.isoformat(), actor, action[:200]),
         )
     )
-    session.flush()
+    if not first:
+        session.flush()  # the next entry of this transaction reads this one
 
 
 @dataclass(frozen=True)

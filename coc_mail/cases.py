@@ -84,7 +84,7 @@ def open_standings(app: App, session: Session, case: Case, of: dict[str, Standin
         for handle, standing in of.items()
     ]
     if rows:
-        session.execute(insert(CaseMember), rows)
+        session.connection().execute(insert(CaseMember.__table__), rows)  # type: ignore[attr-defined]
 
 
 def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:

@@ -38,8 +38,14 @@ def new_message_id(domain: str) -> str:
     return f"<{secrets.token_hex(12)}@{domain}>"
 
 
+_NOT_CRLF = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+
+
 def crlf(data: bytes) -> bytes:
-    """Normalise line endings to CRLF (the wire form DKIM signs)."""
+    """Normalise line endings to CRLF (the wire form DKIM signs); data that is CRLF already,
+    as mail received over SMTP is, comes back as it is, not copied."""
+    if _NOT_CRLF.search(data) is None:
+        return data
     return re.sub(rb"\r?\n|\r(?!\n)", b"\r\n", data)
 
 
@@ -188,10 +194,11 @@ def text_message(
 @dataclass(frozen=True)
 class ForwardBody:
     """The body of a forwarded copy (a text part and the original attached byte for byte),
-    built once and shared by every member's copy of the same message."""
+    built once and shared by every member's copy of the same message. It is kept as its
+    parts, the original among them, so a big report is not copied to build it."""
 
     boundary: str
-    body: bytes
+    parts: tuple[bytes, ...]
 
     @classmethod
     def build(cls, intro: str, original: bytes) -> ForwardBody:
@@ -211,14 +218,13 @@ class ForwardBody:
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
             + crlf(quopri.encodestring(crlf(intro.encode("utf-8"))))
         )
-        if not original.endswith(b"\r\n"):
-            original += b"\r\n"
         b = boundary.encode()
-        body = b"".join((
+        head = b"".join((
             b"This is a MIME message: the original report is attached.\r\n--", b, b"\r\n",
-            text_bytes, b"\r\n--", b, b"\r\n", part_head, original, b"--", b, b"--\r\n",
+            text_bytes, b"\r\n--", b, b"\r\n", part_head,
         ))
-        return cls(boundary, body)
+        tail = (b"" if original.endswith(b"\r\n") else b"\r\n") + b"--" + b + b"--\r\n"
+        return cls(boundary, (head, original, tail))
 
 
 def forward_head(
@@ -235,7 +241,7 @@ def forward_head(
     in_reply_to: str | None = None,
 ) -> bytes:
     """The header block (blank line included) of one member's copy of a forwarded message;
-    ``body.body`` follows it, shared by every member's copy."""
+    ``body.parts`` follow it, shared by every member's copy."""
     pairs = [("Authentication-Results", one_line(auth_results, 900))] if auth_results else []
     pairs += base_header_pairs(
         from_name=from_name,

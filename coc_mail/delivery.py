@@ -18,8 +18,9 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,12 +41,18 @@ log = logging.getLogger(__name__)
 LEASE = dt.timedelta(seconds=30)  # renewed every RENEW while the copy is in flight
 RENEW = 10.0
 MAX_BACKOFF = 3600.0
+BIG = 1 << 20  # copies larger than this are sent one at a time per worker
+COLUMNS = [col(c) for c in (Outbound.id, Outbound.uid, Outbound.envelope_from,
+                             Outbound.recipient, Outbound.content, Outbound.body_id)]
 
 
 class Transport(Protocol):
-    """Hands one copy to its next hop; raises :class:`DeliveryError`."""
+    """Hands one copy (the message as consecutive parts) to its next hop; raises
+    :class:`DeliveryError`."""
 
-    async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+    async def send(
+        self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
+    ) -> None:
         """Deliver or raise."""
 
 
@@ -61,27 +68,32 @@ class MaildirTransport:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
-    async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
-        await asyncio.to_thread(self._write, uid, envelope_from, recipient, content)
+    async def send(
+        self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
+    ) -> None:
+        await asyncio.to_thread(self._write, uid, envelope_from, recipient, parts)
 
     def _exists(self, uid: str) -> bool:
         marker = f".C{uid}."
         return any(marker in name for sub in ("new", "cur") for name in os.listdir(self.path / sub))
 
-    def _write(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+    def _write(
+        self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
+    ) -> None:
         try:
             self.prepare()
             if self._exists(uid):
                 return
             name = f"{int(time.time())}.C{uid}.{self.host}"
             tmp = self.path / "tmp" / name
-            data = (
-                f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
-                + content
-            ).replace(b"\r\n", b"\n")
+            first = f"Return-Path: <{envelope_from}>\nDelivered-To: {recipient}\n".encode()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, data)
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(first)
+                    for part in parts:  # CRLF to the local LF, a megabyte at a time
+                        for piece in _pieces(part):
+                            out.write(piece.replace(b"\r\n", b"\n"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -134,7 +146,10 @@ class SmtpTransport:
             await client.login(self.username, self.password or "")
         return client
 
-    async def send(self, uid: str, envelope_from: str, recipient: str, content: bytes) -> None:
+    async def send(
+        self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
+    ) -> None:
+        content = parts[0] if len(parts) == 1 else b"".join(parts)
         reused = bool(self.idle)
         client = self.idle.pop() if reused else None
         try:
@@ -166,6 +181,17 @@ class SmtpTransport:
             self.idle.append(client)
         else:
             await _close(client)
+
+
+def _pieces(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+    """``data`` in pieces of about ``size`` bytes, never splitting a CRLF."""
+    start = 0
+    while start < len(data):
+        end = min(start + size, len(data))
+        if data[end - 1:end] == b"\r":
+            end += 1
+        yield data[start:end]
+        start = end
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
@@ -201,6 +227,15 @@ def make_transport(app: App) -> Transport:
 
 
 @dataclass
+class SharedBody:
+    """A body in use by claimed copies: opened once, its DKIM body hash computed once."""
+
+    content: bytes
+    bh: bytes
+    users: int = 0
+
+
+@dataclass
 class Claimed:
     """One copy taken from the queue, opened for delivery (signed just before sending)."""
 
@@ -210,101 +245,133 @@ class Claimed:
     recipient: str
     content: bytes  # the whole message, or its header block when body_id is set
     body_id: int | None = None
-
-
-@dataclass
-class SharedBody:
-    """A body in use by claimed copies: opened once, its DKIM body hash computed once."""
-
-    content: bytes
-    bh: bytes
-    users: int = 0
+    body: SharedBody | None = None
 
 
 class Deliverer:
     """The delivery worker: claims due copies, delivers them concurrently, records outcomes."""
 
-    def __init__(self, app: App, transport: Transport) -> None:
+    def __init__(
+        self, app: App, transport: Transport, partition: tuple[int, int] | None = None
+    ) -> None:
         self.app = app
+        self.partition = partition  # (index, count): this worker's share of a SQLite queue
         self.transport = transport
         self.wake = asyncio.Event()
         self.delivered = 0
         self.deferred = 0
         self.in_flight: set[int] = set()
-        self.bodies: dict[int, SharedBody] = {}
+        self.bodies: dict[int, SharedBody] = {}  # opened bodies of the copies in hand
+        self._cache = threading.Lock()  # claims run in a thread, releases in the loop
         self.stopping = False
+        self._sent: list[Claimed] = []  # delivered, not yet deleted
+        self._flushing = asyncio.Lock()
+        self._delivered_event = asyncio.Event()
+        self._big = asyncio.Semaphore(1)  # big copies one at a time: bounded memory
 
     # -- queue operations (sync, run in a thread) ---------------------------------------------
-    def claim(self, limit: int) -> list[Claimed]:
-        """Lease up to ``limit`` due copies in one statement (SKIP LOCKED on PostgreSQL) and
-        open them; their shared bodies are opened once and kept while copies use them."""
+    def claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[Claimed]:
+        """Take up to ``limit`` due copies and open them; their shared bodies are opened once
+        and kept while copies use them.
+
+        With a :attr:`partition` (one daemon on SQLite: each delivery worker owns the copies
+        whose id falls in its share) this is a plain read, skipping the copies ``in_hand``;
+        otherwise the copies are leased in one statement, ``SKIP LOCKED`` on PostgreSQL, so
+        several daemons share the queue.
+        """
         now = utcnow()
-        due = (
-            select(Outbound.id)
-            .where(Outbound.next_attempt_at <= now)
-            .where(or_(col(Outbound.claimed_until).is_(None), col(Outbound.claimed_until) < now))
-            .order_by(col(Outbound.next_attempt_at))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         keys = self.app.keys
         with Session(self.app.engine) as session:
-            rows = session.execute(
-                update(Outbound)
-                .where(col(Outbound.id).in_(due.scalar_subquery()))
-                .values(claimed_until=now + LEASE)
-                .returning(col(Outbound.id), col(Outbound.uid), col(Outbound.envelope_from),
-                           col(Outbound.recipient), col(Outbound.content),
-                           col(Outbound.body_id))
-                .execution_options(synchronize_session=False)
-            ).all()
-            session.commit()
-            wanted = {r.body_id for r in rows if r.body_id is not None} - set(self.bodies)
+            if self.partition is not None:
+                index, count = self.partition
+                rows = session.execute(
+                    select(*COLUMNS)
+                    .where(Outbound.next_attempt_at <= now)
+                    .where(col(Outbound.id) % count == index)
+                    .where(col(Outbound.id).not_in(in_hand))
+                    .order_by(col(Outbound.next_attempt_at))
+                    .limit(limit)
+                ).all()
+            else:
+                due = (
+                    select(Outbound.id)
+                    .where(Outbound.next_attempt_at <= now)
+                    .where(or_(col(Outbound.claimed_until).is_(None),
+                               col(Outbound.claimed_until) < now))
+                    .order_by(col(Outbound.next_attempt_at))
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                rows = session.execute(
+                    update(Outbound)
+                    .where(col(Outbound.id).in_(due.scalar_subquery()))
+                    .values(claimed_until=now + LEASE)
+                    .returning(*COLUMNS)
+                    .execution_options(synchronize_session=False)
+                ).all()
+                session.commit()
+            with self._cache:  # pin the bodies in hand that these copies share
+                pinned = {r.body_id: self.bodies[r.body_id] for r in rows
+                          if r.body_id is not None and r.body_id in self.bodies}
+                for shared in pinned.values():
+                    shared.users += 1
+            wanted = {r.body_id for r in rows if r.body_id is not None} - set(pinned)
+            fetched = {}
             if wanted:
                 for body_id, sealed in session.execute(
                     select(Body.id, Body.content).where(col(Body.id).in_(wanted))
                 ):
                     plain = keys.open(sealed, "bodies.content")
-                    self.bodies[body_id] = SharedBody(plain, body_hash(plain))
-        claimed = []
-        for r in rows:
-            if r.body_id is not None:
-                shared = self.bodies.get(r.body_id)
-                if shared is None:  # its body is gone (an operator's repair): drop the copy
-                    log.error("delivery: copy %s has no body; dropped", r.uid)
-                    self.done_many([Claimed(r.id, r.uid, "", "", b"")])
-                    continue
-                shared.users += 1
-            claimed.append(Claimed(
-                id=r.id, uid=r.uid, envelope_from=r.envelope_from,
-                recipient=keys.open_text(r.recipient, "outbound.recipient"),
-                content=keys.open(r.content, "outbound.content"), body_id=r.body_id,
-            ))
+                    fetched[body_id] = SharedBody(plain, body_hash(plain))
+        claimed, orphans = [], []
+        with self._cache:
+            for shared in pinned.values():
+                shared.users -= 1  # each copy below takes its own
+            for r in rows:
+                copy = Claimed(
+                    id=r.id, uid=r.uid, envelope_from=r.envelope_from,
+                    recipient=keys.open_text(r.recipient, "outbound.recipient"),
+                    content=keys.open(r.content, "outbound.content"), body_id=r.body_id,
+                )
+                if r.body_id is not None:
+                    body = pinned.get(r.body_id) or fetched.get(r.body_id)
+                    if body is None:
+                        orphans.append(copy)
+                        continue
+                    self.bodies.setdefault(r.body_id, body)
+                    body.users += 1
+                    copy.body = body
+                claimed.append(copy)
+        for copy in orphans:  # cannot happen short of hand-editing the database: say so
+            log.error("delivery: copy %s has no stored body", copy.uid)
+            self.failed(copy, DeliveryError("its stored body is missing", permanent=True))
         return claimed
 
-    def message(self, copy: Claimed) -> bytes:
-        """The copy as sent: DKIM-signed now (copies queued before 0.3 were signed already)."""
+    def message(self, copy: Claimed) -> list[bytes]:
+        """The copy as sent, in parts: DKIM-signed now (copies queued before 0.3 were signed
+        already); a shared body is not copied."""
         if copy.body_id is None:
             if copy.content.startswith(b"DKIM-Signature:"):
-                return copy.content
-            return self.app.signer.sign(copy.content)
-        shared = self.bodies[copy.body_id]
-        return self.app.signer.signature(copy.content, shared.bh) + copy.content + shared.content
+                return [copy.content]
+            return [self.app.signer.sign(copy.content)]
+        shared = copy.body
+        assert shared is not None
+        return [self.app.signer.signature(copy.content, shared.bh), copy.content, shared.content]
 
     def release(self, copy: Claimed) -> None:
         """The copy is done with (delivered or not): forget its body once nothing uses it."""
-        if copy.body_id is None:
+        shared, copy.body = copy.body, None
+        if shared is None or copy.body_id is None:
             return
-        shared = self.bodies.get(copy.body_id)
-        if shared is not None:
+        with self._cache:
             shared.users -= 1
-            if shared.users <= 0:
+            if shared.users <= 0 and self.bodies.get(copy.body_id) is shared:
                 del self.bodies[copy.body_id]
 
     def renew(self) -> None:
         """Extend the lease of the copies this daemon is delivering right now."""
         ids = list(self.in_flight)
-        if not ids:
+        if not ids or self.partition is not None:
             return
         with Session(self.app.engine) as session:
             session.exec(
@@ -391,7 +458,8 @@ class Deliverer:
 
     # -- the loop -----------------------------------------------------------------------------
     async def deliver(self, copy: Claimed) -> bool:
-        """Send one copy; a failure is recorded at once, a success by the caller (batched)."""
+        """Send one copy; a failure is recorded at once, a success by the recorder (batched)."""
+        message: list[bytes] = []
         try:
             message = self.message(copy)
             await self.transport.send(copy.uid, copy.envelope_from, copy.recipient, message)
@@ -416,41 +484,42 @@ class Deliverer:
                 await asyncio.sleep(0.2 * 2**attempt)
         return False
 
-    async def _deliver_all(self, batch: list[Claimed], workers: int) -> None:
-        """Deliver a batch concurrently; delivered copies are deleted as they come, a few at a
-        time in one transaction (one fsync for many copies)."""
-        sem = asyncio.Semaphore(workers)
-        sent: list[Claimed] = []
-        flushing = asyncio.Lock()
-
-        async def flush() -> None:
-            async with flushing:
-                chunk, sent[:] = sent[:], []
-                if not chunk:
-                    return
-                if await self._record(self.done_many, chunk):
-                    for c in chunk:
-                        log.info("delivery: copy %s delivered", c.uid)
-                else:
-                    log.error("delivery: %d delivered copies not recorded; they may be sent "
-                              "again", len(chunk))
+    async def _flush_sent(self) -> None:
+        """Delete every copy delivered since the last flush, in one transaction."""
+        async with self._flushing:
+            chunk, self._sent = self._sent, []
+            if not chunk:
+                return
+            if await self._record(self.done_many, chunk):
                 for c in chunk:
-                    self.in_flight.discard(c.id)
-
-        async def one(c: Claimed) -> None:
-            async with sem:
-                ok = await self.deliver(c)
-            if ok:
-                sent.append(c)
-                if len(sent) >= workers:
-                    await flush()
+                    log.info("delivery: copy %s delivered", c.uid)
             else:
+                log.error("delivery: %d delivered copies not recorded; they may be sent "
+                          "again", len(chunk))
+            for c in chunk:
                 self.in_flight.discard(c.id)
 
+    async def _recorder(self) -> None:
+        """Record deliveries in the background: senders never wait for the database, and all
+        that were delivered while one deletion ran go in the next (one commit for many)."""
+        while True:
+            await self._delivered_event.wait()
+            self._delivered_event.clear()
+            await self._flush_sent()
+
+    async def _one(self, copy: Claimed, slots: asyncio.Semaphore) -> None:
+        big = len(copy.content) + (len(copy.body.content) if copy.body else 0) > BIG
         try:
-            await asyncio.gather(*(one(c) for c in batch))
-        finally:
-            await flush()
+            async with slots, (self._big if big else contextlib.nullcontext()):
+                ok = await self.deliver(copy)
+        except Exception as exc:  # noqa: BLE001 - the worker must never die
+            log.error("delivery: unexpected %s", type(exc).__name__)
+            ok = False
+        if ok:
+            self._sent.append(copy)
+            self._delivered_event.set()
+        else:
+            self.in_flight.discard(copy.id)
 
     def stop(self) -> None:
         """Claim nothing more; :meth:`run` returns once the copies in hand are done."""
@@ -458,27 +527,41 @@ class Deliverer:
         self.wake.set()
 
     async def run(self, poll: float = 2.0) -> None:
+        """Keep up to ``delivery.workers`` copies in flight (four times that in hand), taking
+        more as they finish, until :meth:`stop`."""
         workers = self.app.settings.delivery.workers
+        slots = asyncio.Semaphore(workers)
         renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
+        recorder = asyncio.create_task(self._recorder(), name="delivery-records")
+        tasks: set[asyncio.Task[None]] = set()
         try:
             while not self.stopping:
-                await self._step(workers, poll)
+                room = workers * 4 - len(tasks)
+                if room <= 0:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    batch = await asyncio.to_thread(self.claim, room, frozenset(self.in_flight))
+                except Exception as exc:  # noqa: BLE001 - database down: retry soon
+                    log.warning("delivery: cannot claim copies (%s)", type(exc).__name__)
+                    batch = []
+                if batch:
+                    self.in_flight.update(c.id for c in batch)  # leases renewed from now on
+                    for c in batch:
+                        task = asyncio.create_task(self._one(c, slots))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    continue
+                await self._idle(poll)
+            if tasks:
+                await asyncio.wait(tasks)
+            await self._flush_sent()
         finally:
             renewer.cancel()
+            recorder.cancel()
 
-    async def _step(self, workers: int, poll: float) -> None:
-        try:
-            batch = await asyncio.to_thread(self.claim, workers * 4)
-        except Exception as exc:  # noqa: BLE001 - database down: retry soon
-            log.warning("delivery: cannot claim copies (%s)", type(exc).__name__)
-            batch = []
-        if batch:
-            self.in_flight.update(c.id for c in batch)  # leases renewed from now on
-            try:
-                await self._deliver_all(batch, workers)
-            except Exception as exc:  # noqa: BLE001 - the worker must never die
-                log.error("delivery: unexpected %s", type(exc).__name__)
-            return
+    async def _idle(self, poll: float) -> None:
+        """Nothing due: wait for a wake-up, the next due copy, or ``poll`` seconds."""
         try:
             due = await asyncio.to_thread(self.next_due)
         except Exception:  # noqa: BLE001

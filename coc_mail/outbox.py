@@ -6,20 +6,23 @@ report share one stored body (:meth:`Outbox.share`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr
 
 from sqlalchemy import insert
-from sqlmodel import Session, col
+from sqlmodel import Session, SQLModel
 
 from .addresses import Addresses
 from .app import App
 from .compose import new_message_id, text_message
 from .config import Member
-from .store import Body, Case, Outbound, SentCopy, utcnow
+from .store import Case, utcnow
 
 log = logging.getLogger(__name__)
+BODIES, SENT_COPIES, OUTBOUND = (
+    SQLModel.metadata.tables[name] for name in ("bodies", "sent_copies", "outbound")
+)
 
 
 @dataclass
@@ -43,9 +46,10 @@ class Outbox:
     pending: list[Pending] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)  # sealed shared bodies
 
-    def share(self, body: bytes) -> int:
-        """Seal a body several copies will share; pass the result as ``queue(body=...)``."""
-        self.bodies.append(self.app.keys.seal(body, "bodies.content"))
+    def share(self, parts: Sequence[bytes]) -> int:
+        """Seal a body (given as its parts) several copies will share; pass the result as
+        ``queue(body=...)``."""
+        self.bodies.append(self.app.keys.seal_parts(parts, "bodies.content"))
         return len(self.bodies) - 1
 
     def queue(
@@ -78,9 +82,10 @@ class Outbox:
         session.flush()
         keys = self.app.keys
         now = utcnow()
+        conn = session.connection()  # Core from here: no ORM bookkeeping for queue rows
         body_ids = [
-            session.execute(
-                insert(Body).values(content=sealed, created_at=now).returning(col(Body.id))
+            conn.execute(
+                insert(BODIES).values(content=sealed, created_at=now).returning(BODIES.c.id)
             ).scalar_one()
             for sealed in self.bodies
         ]
@@ -99,8 +104,8 @@ class Outbox:
                 "body_id": body_ids[p.body] if p.body is not None else None,
             })
         # Core executemany: one statement per table, not one ORM object per row.
-        session.execute(insert(SentCopy), copies)
-        session.execute(insert(Outbound), queued)
+        conn.execute(insert(SENT_COPIES), copies)
+        conn.execute(insert(OUTBOUND), queued)
         count = len(self.pending)
         self.pending.clear()
         self.bodies.clear()

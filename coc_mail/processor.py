@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import formataddr
 
-from sqlalchemy import delete, func, or_
+from sqlalchemy import delete, func, insert, or_
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -42,6 +42,7 @@ BATCH = 16  # messages per processing transaction
 BATCH_BYTES = 4 << 20  # and about this much content at most (a big report goes alone)
 DIGEST_PENDING = "digest-pending"
 NOTICES_PER_HOUR = 3
+MEMBER_STATE = "coc-mail member state"
 DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
 
 
@@ -135,9 +136,10 @@ class Processor:
             size += length
         return ids
 
-    def _unit(self, session: Session, row: Inbound) -> Unit:
+    def _unit(self, session: Session, row: Queued) -> Unit:
         envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
         content = self.app.keys.open(row.content, "inbound.content")
+        row.content = b""  # the sealed copy is not needed any more (a big report: 1x less)
         return Unit(self.app, session, Incoming(envelope, content), Outbox(self.app))
 
     @property
@@ -155,13 +157,15 @@ class Processor:
             with Session(self.app.incoming, autoflush=False) as inq:
                 yield main, inq
 
-    def _load(self, main: Session, inq: Session, ids: list[int]) -> list[Inbound]:
+    def _load(self, main: Session, inq: Session, ids: list[int]) -> list[Queued]:
         """The rows, minus those already applied (a crash came between the main commit and
         the deletion from a separate incoming file): those are deleted now."""
-        rows = list(inq.exec(
-            select(Inbound).where(col(Inbound.id).in_(ids)).order_by(col(Inbound.id))
+        rows = [Queued(*r) for r in inq.execute(
+            select(col(Inbound.id), col(Inbound.uid), col(Inbound.envelope),
+                   col(Inbound.content))
+            .where(col(Inbound.id).in_(ids)).order_by(col(Inbound.id))
             .with_for_update(skip_locked=True)
-        ).all())
+        ).all()]
         if self.shared or not rows:
             return rows
         applied = set(main.exec(
@@ -177,21 +181,24 @@ class Processor:
             rows = [r for r in rows if _uid(r) not in applied]
         return rows
 
-    def _apply(self, main: Session, inq: Session, rows: list[Inbound]) -> None:
+    def _apply(self, main: Session, inq: Session, rows: list[Queued]) -> None:
         """Handle ``rows`` in one transaction of the main database and commit it; then take
         them off a separate incoming queue. Raises what a handler raises (nothing is kept)."""
         units = [self._unit(main, row) for row in rows]
         for unit in units:
             unit.verdict()  # the slow work, before the first write
-        now = utcnow()
-        for row, unit in zip(rows, units, strict=True):
+        for unit in units:
             self.handle(unit)
             unit.outbox.write(main)
-            if self.shared:
-                main.delete(row)
-            else:
-                main.add(ProcessedInbound(uid=_uid(row), at=now))
             main.flush()  # the next message sees this one's changes
+        if self.shared:
+            main.execute(delete(Inbound).where(col(Inbound.id).in_([r.id for r in rows])))
+        else:
+            now = utcnow()
+            main.connection().execute(
+                insert(ProcessedInbound.__table__),  # type: ignore[attr-defined]
+                [{"uid": _uid(r), "at": now} for r in rows],
+            )
         main.commit()
         if not self.shared:
             try:
@@ -282,6 +289,8 @@ class Processor:
                 seen.add((r.kind, r.value, r.token))
                 recipients.append(r)
         done_cases: set[int] = set()
+        if any(r.kind not in (Kind.ALIAS, Kind.WITHOUT) for r in recipients):
+            unit.session.info.pop(MEMBER_STATE, None)  # member mail may change it
         new_report = [r for r in recipients if r.kind in (Kind.ALIAS, Kind.WITHOUT)]
         if new_report:
             without = [r.value for r in new_report if r.kind is Kind.WITHOUT]
@@ -346,14 +355,14 @@ class Processor:
         case.reporter_key = self.app.keys.tag(
             "reporter", self.app.addresses.reporter_token(case.code_name)
         )
-        pending = pending_members(self.app, session)
+        pending, declared = self.member_state(session)
         decision = conflicts.intake(
             self.app.settings,
             reporter_address=reporter,
             reporter_name=msg.from_name,
             without=without,
             pending=pending,
-            declared=declared_conflicts(self.app, session),
+            declared=declared,
         )
         recipients = decision.recipients or [
             m
@@ -385,6 +394,16 @@ class Processor:
             len(decision.excluded),
             " (a flood: held for the digest)" if flood else "",
         )
+
+    def member_state(self, session: Session) -> tuple[set[str], dict[str, list[str]]]:
+        """Members not onboarded yet and conflicts declared by mail, read once per batch of
+        new reports (:meth:`handle` forgets them after any other kind of mail)."""
+        state = session.info.get(MEMBER_STATE)
+        if state is None:
+            state = session.info[MEMBER_STATE] = (
+                pending_members(self.app, session), declared_conflicts(self.app, session)
+            )
+        return state
 
     def flooding(self, session: Session, sender: str, peer: str) -> bool:
         """Has this sender, or this client address, sent more reports this hour than
@@ -441,7 +460,7 @@ class Processor:
         shared = unit.bodies.get(intro)
         if shared is None:
             built = ForwardBody.build(intro, msg.content)
-            shared = unit.bodies[intro] = (built, unit.outbox.share(built.body))
+            shared = unit.bodies[intro] = (built, unit.outbox.share(built.parts))
         body, stored = shared
         unit.outbox.queue(
             case=case,
@@ -463,6 +482,8 @@ class Processor:
 
     def ack_allowed(self, session: Session, sender: str) -> bool:
         limit = self.app.settings.intake.acknowledgments_per_day
+        if not limit:
+            return False
         today = utcnow().date()
         tag = self.app.keys.tag("ack", sender.lower())
         row = session.get(AckBudget, tag)
@@ -637,7 +658,7 @@ class Processor:
         body = ForwardBody.build(
             "Mail to postmaster@ / abuse@ of the committee domain, attached.\n", msg.content
         )
-        stored = unit.outbox.share(body.body)
+        stored = unit.outbox.share(body.parts)
         for member in targets:
             unit.outbox.queue(
                 case=None,
@@ -658,7 +679,17 @@ class Processor:
             )
 
 
-def _uid(row: Inbound) -> str:
+@dataclass
+class Queued:
+    """An incoming-queue row as read for processing."""
+
+    id: int
+    uid: str | None
+    envelope: bytes
+    content: bytes
+
+
+def _uid(row: Queued) -> str:
     return row.uid or f"id-{row.id}"
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
+from . import writelock
 from .errors import CocMailError, StorageKeyError
 
 
@@ -202,14 +203,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL + synchronous=FULL, its directory is created."""
+    """An engine for ``url``; SQLite gets WAL + synchronous=FULL, its directory is created,
+    and its writers take turns through a lock file (:mod:`coc_mail.writelock`)."""
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
+        connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 10}
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            connect_args["factory"] = writelock.connection_class(path)  # writers take turns
         engine = sa.create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 10},
+            connect_args=connect_args,
             pool_size=8,
             hide_parameters=True,  # errors never quote values into logs
         )

@@ -8,8 +8,8 @@ interpreter lock. The processes share nothing but the database, and each has a w
 
 * the intake writes ``p`` to worker 0's pipe after each commit: worker 0 processes the
   incoming queue (one processor per database, in arrival order) and runs the reminders;
-* whoever queues copies writes ``d`` to every worker's pipe: every worker delivers, each
-  claiming its own copies with a lease.
+* whoever queues copies writes ``d`` to every worker's pipe: the other workers deliver, each
+  claiming its own copies with a lease (worker 0 delivers too when it is the only one).
 
 A worker whose main process dies (even by SIGKILL) sees its lifeline pipe close and exits at
 once; what it had in hand is redone by the next start, as after any crash. The main process
@@ -42,13 +42,15 @@ log = logging.getLogger(__name__)
 PROCESS = b"p"
 DELIVER = b"d"
 RESTART_DELAY = 1.0
+DELIVERY_NICE = 5  # delivery-only workers yield the CPU to intake and processing
 
 
 def worker_count(settings: Settings) -> int:
-    """``server.workers``, or with 0 (the default) one per CPU core, at least 2, at most 8."""
+    """``server.workers``, or with 0 (the default) one processor and one delivery worker per
+    CPU core (at most 8)."""
     if settings.server.workers:
         return settings.server.workers
-    return max(2, min(8, os.cpu_count() or 2))
+    return 1 + max(1, min(8, os.cpu_count() or 1))
 
 
 def poke(fds: list[int], what: bytes) -> None:
@@ -138,7 +140,8 @@ class Pool:
 
 
 class Worker:
-    """One worker process: delivery always; processing and reminders in worker 0."""
+    """One worker process: processing and reminders in worker 0, delivery in the others (in
+    worker 0 too when there is no other)."""
 
     def __init__(
         self, settings: Settings, config_path: str | None, index: int,
@@ -161,7 +164,14 @@ class Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        deliverer = Deliverer(self.app, make_transport(self.app))
+        count = len(self.peer_fds)
+        delivering = self.index > 0 or count == 1
+        # One daemon on SQLite: delivery workers split the queue by copy id instead of leasing.
+        single = self.app.settings.database_url.startswith("sqlite")
+        partition = (max(0, self.index - 1), max(1, count - 1)) if single else None
+        deliverer = Deliverer(self.app, make_transport(self.app), partition)
+        if self.index > 0:
+            os.nice(DELIVERY_NICE)  # the serial stages (intake, processing) come first
         processor: Processor | None = None
         threads: list[threading.Thread] = []
         scheduler: Scheduler | None = None
@@ -196,7 +206,9 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, deliverer.wake.set)
-        delivery = asyncio.create_task(deliverer.run(), name="delivery")
+        delivery = asyncio.create_task(
+            deliverer.run() if delivering else asyncio.sleep(0), name="delivery"
+        )
         await self.stopped.wait()
         if processor is not None and scheduler is not None:
             scheduler.stopping.set()

@@ -214,7 +214,7 @@ class Work:
         body = ForwardBody.build(intro, report)
         self.outbox.queue(
             case=case, role=member.handle, recipient=member.email,
-            body=self.outbox.share(body.body),
+            body=self.outbox.share(body.parts),
             build=lambda mid: forward_head(
                 from_name=app.settings.committee.name, from_addr=app.alias,
                 to=formataddr((member.name, member.email)),

@@ -4,6 +4,7 @@ own SQLite file never applies a message twice."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -31,18 +32,30 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def expected(d: Daemon) -> int:
+    match = re.search(r"\((\d+) worker processes\)", d.log_text())
+    assert match, "the ready line names the worker count"
+    return int(match.group(1))
+
+
+def started(d: Daemon) -> list[int]:
+    n = expected(d)
+    return wait_for(lambda: len(workers_of(d)) == n and workers_of(d), 10, f"{n} workers")
+
+
 def cases(d: Daemon) -> list[str]:
     return d.cli("cases").stdout.splitlines()[1:]
 
 
 def test_a_worker_that_dies_is_restarted_and_mail_keeps_flowing(sqlite_daemon: Daemon) -> None:
     d = sqlite_daemon
-    first = wait_for(lambda: len(workers_of(d)) == 2 and workers_of(d), 10, "two workers")
+    first = started(d)
+    assert len(first) >= 2, "a processor and at least one delivery worker"
     for pid in first:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: d.log_text().count("restarting it") >= 2, 10, "restarts logged")
-    wait_for(lambda: len(workers_of(d)) == 2 and set(workers_of(d)).isdisjoint(first), 10,
-             "two new workers")
+    wait_for(lambda: d.log_text().count("restarting it") >= len(first), 10, "restarts logged")
+    wait_for(lambda: len(workers_of(d)) == len(first) and set(workers_of(d)).isdisjoint(first),
+             10, "new workers")
     d.send(make_report())
     d.wait_delivered(4)
 
@@ -51,7 +64,7 @@ def test_workers_go_with_a_killed_main_process_and_the_next_start_works(
     sqlite_daemon: Daemon,
 ) -> None:
     d = sqlite_daemon
-    pids = wait_for(lambda: len(workers_of(d)) == 2 and workers_of(d), 10, "two workers")
+    pids = started(d)
     d.kill()
     wait_for(lambda: not any(alive(p) for p in pids), 10, "orphaned workers to exit")
     d.start()  # takes the SQLite lock the workers held
