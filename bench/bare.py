@@ -1,6 +1,6 @@
 """A bare aiosmtpd server that answers 250 and keeps nothing: the baseline of the benchmark.
 
-    python -m bench.bare PORT
+    python -m bench.bare PORT [MAX_MESSAGE_BYTES]
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ class Discard:
 
 
 def main() -> None:
-    controller = Controller(Discard(), hostname="127.0.0.1", port=int(sys.argv[1]))
+    limit = int(sys.argv[2]) if len(sys.argv) > 2 else 33_554_432  # aiosmtpd's default
+    controller = Controller(Discard(), hostname="127.0.0.1", port=int(sys.argv[1]),
+                            data_size_limit=limit)
     controller.start()
     try:
         while True:

@@ -10,7 +10,11 @@ Prints each daemon process's peak RSS growth while it takes and delivers one REP
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import smtplib
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import Daemon, make_report, wire
+from tests.helpers import Daemon, free_port, make_report, wait_for, wire
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -41,6 +45,43 @@ def processes(d: Daemon) -> dict[str, int]:
     return found
 
 
+def big_message(mib: int) -> bytes:
+    report = make_report(subject="huge")
+    report.add_attachment(b"\xa5" * (mib * 1024 * 1024), maintype="application",
+                          subtype="octet-stream", filename="big.bin")
+    return wire(report)
+
+
+def bare_aiosmtpd(mib: int) -> float:
+    """Peak RSS growth of a bare aiosmtpd server (keeps nothing) taking the same message:
+    the floor for any aiosmtpd-based intake, measured in the same run."""
+    port = free_port()
+    limit = str(int(mib * 1.5 + 8) * 1024 * 1024)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare", str(port), limit],
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        wait_for(lambda: _listening(port), 20, "bare aiosmtpd")
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            s.sendmail("warm@example.com", ["conduct@example.org"], wire(make_report()))
+        time.sleep(0.3)
+        base = rss_kib(proc.pid, "VmRSS")
+        raw = big_message(mib)
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            s.sendmail("big@example.com", ["conduct@example.org"], raw)
+        return (rss_kib(proc.pid, "VmHWM") - base) / 1024
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def huge_report(mib: int) -> dict[str, float]:
     """Peak RSS growth of each daemon process while one MIB-MiB report is taken in, opened
     as a case and delivered to the 3 members (Maildir) - against the report's size on the
@@ -55,12 +96,8 @@ def huge_report(mib: int) -> dict[str, float]:
         time.sleep(0.5)
         procs = processes(d)
         base = {role: rss_kib(pid, "VmRSS") for role, pid in procs.items()}
-        report = make_report(subject="huge")
-        report.add_attachment(b"\xa5" * (mib * 1024 * 1024), maintype="application",
-                              subtype="octet-stream", filename="big.bin")
-        raw = wire(report)
+        raw = big_message(mib)
         size = len(raw) / 2**20
-        del report
         d.send(raw)
         del raw
         d.wait_delivered(8, timeout=600)
@@ -73,6 +110,11 @@ def huge_report(mib: int) -> dict[str, float]:
             out[f"{role}: growth / report size"] = growth / size
         out["all processes: sum of peak growths MiB"] = total
         out["all processes: sum / report size"] = total / size
+        bare = bare_aiosmtpd(mib)
+        out["bare aiosmtpd taking the same message: peak RSS growth MiB"] = bare
+        out["bare aiosmtpd: growth / report size"] = bare / size
+        intake = out["intake (main process): peak RSS growth MiB"]
+        out["intake / bare aiosmtpd (same run)"] = intake / bare
         return out
     finally:
         d.stop()
@@ -90,7 +132,6 @@ def many_cases(count: int) -> dict[str, float]:
     d = Daemon(root, f"sqlite:///{root}/var/coc-mail.db")
     d.start()
     d.stop()
-    import os
 
     cwd = os.getcwd()
     os.chdir(root)
@@ -124,12 +165,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--report-mib", type=int, default=25)
     p.add_argument("--cases", type=int, default=10000)
+    p.add_argument("--out", default="docs/scale.md", help="markdown results ('' to skip)")
     args = p.parse_args()
-    for title, figures in ((f"one {args.report_mib} MiB report", huge_report(args.report_mib)),
+    command = "python -m bench.scale " + " ".join(sys.argv[1:])
+    lines = ["# Memory for one big report, and many cases", "",
+             f"Produced by `{command}` on {os.cpu_count()} cores. Peak RSS growth is VmHWM "
+             "minus VmRSS before the report, per process; ratios are to the report's size on "
+             "the wire.", ""]
+    for title, figures in ((f"One {args.report_mib} MiB report", huge_report(args.report_mib)),
                            (f"{args.cases} cases", many_cases(args.cases))):
-        print(f"## {title}")
-        for k, v in figures.items():
-            print(f"| {k} | {v:.2f} |")
+        lines += [f"## {title}", "", "| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in figures.items()]
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
     return 0
 
 

@@ -17,7 +17,7 @@ from .addresses import Addresses
 from .app import App
 from .compose import new_message_id, text_message
 from .config import Member
-from .store import Case, utcnow
+from .store import Case, deferred_blob, fill_blob, utcnow
 
 log = logging.getLogger(__name__)
 BODIES, SENT_COPIES, OUTBOUND = (
@@ -83,12 +83,14 @@ class Outbox:
         keys = self.app.keys
         now = utcnow()
         conn = session.connection()  # Core from here: no ORM bookkeeping for queue rows
-        body_ids = [
-            conn.execute(
-                insert(BODIES).values(content=sealed, created_at=now).returning(BODIES.c.id)
+        body_ids = []
+        for sealed in self.bodies:
+            body_id = conn.execute(
+                insert(BODIES).values(content=deferred_blob(session, sealed), created_at=now)
+                .returning(BODIES.c.id)
             ).scalar_one()
-            for sealed in self.bodies
-        ]
+            fill_blob(session, "bodies", "content", body_id, sealed)
+            body_ids.append(body_id)
         copies, queued = [], []
         for p in self.pending:
             case_id = p.case.id if p.case is not None else None

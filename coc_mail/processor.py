@@ -32,7 +32,16 @@ from .config import Member
 from .message import Incoming
 from .outbox import Outbox
 from .spool import Envelope
-from .store import AckBudget, Case, Inbound, ProcessedInbound, SentCopy, utcnow
+from .store import (
+    AckBudget,
+    Case,
+    Inbound,
+    ProcessedInbound,
+    SentCopy,
+    deferred_blob,
+    fill_blob,
+    utcnow,
+)
 from .workflow import Work, declared_conflicts, pending_members
 
 log = logging.getLogger(__name__)
@@ -345,12 +354,13 @@ class Processor:
     def new_case(self, unit: Unit, without: list[str]) -> None:
         msg, session = unit.msg, unit.session
         reporter = msg.sender or None
-        verdict = unit.verdict()  # slow work first, before anything is written
+        verdict = unit.verdict()  # slow work first (DNS), before anything is written
+        report = self.app.keys.seal(msg.content, "cases.report")
         case = Case(
             code_name=unused_code_name(session),
             reporter_key="",
             reporter=self.app.keys.seal_text(reporter, "cases.reporter") if reporter else None,
-            report=self.app.keys.seal(msg.content, "cases.report"),
+            report=deferred_blob(session, report),
         )
         case.reporter_key = self.app.keys.tag(
             "reporter", self.app.addresses.reporter_token(case.code_name)
@@ -372,14 +382,16 @@ class Processor:
         flood = self.flooding(session, reporter or "", msg.envelope.peer)
         if flood:  # never dropped: opened, and listed in the next digest instead of mailed
             case.reminders = DIGEST_PENDING
-        else:
+        session.add(case)
+        session.flush()  # the write transaction starts here: the slow work is done
+        fill_blob(session, "cases", "report", int(case.id or 0), report)
+        del report  # stored: a big report is not held twice while its copies are built
+        if not flood:
             intro = self.intake_intro(case, verdict)
             for member in recipients:
                 self.forward(unit, case, member, intro)
         if reporter and not msg.is_automatic() and self.ack_allowed(session, reporter):
             self.acknowledge(unit, case, reporter)
-        session.add(case)
-        session.flush()  # the write transaction starts here: everything slow is done
         first = {m.handle: Standing.EXCLUDED for m in decision.excluded}
         first.update({m.handle: Standing.NOTIFIED for m in recipients})
         open_standings(self.app, session, case, first)

@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from .crypto import Keyring
 from .errors import StoreUnavailable
-from .store import Inbound
+from .store import Inbound, deferred_blob, fill_blob
 
 log = logging.getLogger(__name__)
 BATCH = 128
@@ -116,15 +116,21 @@ class Spool:
     def _commit(self, batch: list[_Item]) -> None:
         try:
             with Session(self.engine) as session:
+                sealed = []
                 for item in batch:
+                    content = self.keys.seal(item.content, "inbound.content")
                     item.row = Inbound(
                         uid=secrets.token_hex(8),
                         envelope=self.keys.seal(item.envelope.to_json(), "inbound.envelope"),
-                        content=self.keys.seal(item.content, "inbound.content"),
+                        content=deferred_blob(session, content),
                     )
+                    sealed.append(content)
                     session.add(item.row)
                 session.flush()
                 ids = [int(item.row.id) for item in batch]
+                for row_id, content in zip(ids, sealed, strict=True):
+                    fill_blob(session, "inbound", "content", row_id, content)
+                del sealed
                 session.commit()
         except Exception as exc:  # noqa: BLE001 - every driver error becomes a 4xx
             error = classify(exc)

@@ -7,6 +7,7 @@ the key is code names, dates, statuses, counters and opaque tags.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,30 @@ class AckBudget(SQLModel, table=True):
     tag: str = Field(primary_key=True, max_length=32)
     day: dt.date = Field(index=True)
     count: int = 0
+
+
+BIG_BLOB = 1 << 20  # from this size on, SQLite gets a value in pieces
+
+
+def deferred_blob(session: Session, value: bytes) -> Any:
+    """What to insert for ``value``: the value itself, or for a big one on SQLite a zero blob
+    of its size, filled by :func:`fill_blob` once the row exists. Bound whole, SQLite would
+    copy a 34 MiB report twice more while writing it."""
+    if len(value) < BIG_BLOB or session.get_bind().dialect.name != "sqlite":
+        return value
+    return sa.func.zeroblob(len(value))
+
+
+def fill_blob(session: Session, table: str, column: str, rowid: int, value: bytes) -> None:
+    """Write ``value`` into the zero blob :func:`deferred_blob` inserted, a piece at a time
+    (SQLite incremental blob I/O, in the caller's transaction); nothing to do otherwise."""
+    if len(value) < BIG_BLOB or session.get_bind().dialect.name != "sqlite":
+        return
+    dbapi: sqlite3.Connection = session.connection().connection.dbapi_connection  # type: ignore[assignment]
+    view = memoryview(value)
+    with dbapi.blobopen(table, column, rowid) as blob:
+        for start in range(0, len(view), BIG_BLOB):
+            blob.write(view[start:start + BIG_BLOB])
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
