@@ -133,6 +133,21 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def roles(pid: int) -> dict[str, int]:
+    """The daemon's processes by role: intake (the main process), processing, delivery."""
+    found = {"intake": pid}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        index = args[args.index(b"worker") + 1].decode()
+        found["processing" if index == "0" else f"delivery {index}"] = int(child)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -146,6 +161,7 @@ class Run:
     p50: float = 0.0
     p99: float = 0.0
     rss: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU ms per report
 
 
 def run_once(args: argparse.Namespace) -> Run:
@@ -184,15 +200,24 @@ def run_once(args: argparse.Namespace) -> Run:
                                  "acknowledgments_per_day": 0},
                       "delivery": {"workers": 16}, "dkim": {"verify_inbound": False}})
     d.start()
+    assert d.proc is not None
+    main_pid = d.proc.pid
+    wait_for(lambda: len(roles(main_pid)) > 1, 20, "worker processes")
+    time.sleep(1.0)  # the workers' start-up is not part of the load
+    procs = roles(main_pid)
+    before = {role: cpu_seconds(pid) for role, pid in procs.items()}
     start = time.perf_counter()
     result.accept["coc-mail"] = n / smtp_source(d.port, n, args.sessions, args.size)
     wait_copies(sink, n * len(MEMBERS), 900)
     result.delivered["coc-mail"] = n / (time.perf_counter() - start)
+    for role, pid in procs.items():
+        group = "delivery" if role.startswith("delivery") else role
+        used = (cpu_seconds(pid) - before[role]) * 1000 / n
+        result.cpu[group] = result.cpu.get(group, 0.0) + used
     sink.clear()
     lat = latencies(d.port, sink, args.latency_reports, 20.0)
     result.p50, result.p99 = pct(lat, 0.5), pct(lat, 0.99)
-    assert d.proc is not None
-    result.rss = peak_rss_mib(d.proc.pid)
+    result.rss = sum(peak_rss_mib(pid) for pid in procs.values())
     d.stop()
     sink.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -244,7 +269,13 @@ def main() -> int:
          median(lambda r: r.delivered["coc-mail"] / r.delivered["Postfix"])),
         ("coc-mail accept -> delivered p50 (s) at 20 reports/s", median(lambda r: r.p50)),
         ("coc-mail accept -> delivered p99 (s) at 20 reports/s", median(lambda r: r.p99)),
-        ("coc-mail peak RSS (MiB)", median(lambda r: r.rss)),
+        ("coc-mail peak RSS, all processes (MiB)", median(lambda r: r.rss)),
+        ("coc-mail CPU ms per report: intake (SMTP, spool)",
+         median(lambda r: r.cpu["intake"])),
+        ("coc-mail CPU ms per report: processing (case, 5 copies queued)",
+         median(lambda r: r.cpu["processing"])),
+        ("coc-mail CPU ms per report: delivery (5 copies signed and relayed)",
+         median(lambda r: r.cpu["delivery"])),
     ]
     command = "python -m bench.throughput " + " ".join(sys.argv[1:])
     lines = [

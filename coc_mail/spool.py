@@ -14,17 +14,19 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from .crypto import Keyring
 from .errors import StoreUnavailable
-from .store import Inbound, deferred_blob, fill_blob
+from .store import BIG_BLOB, deferred_blob, fill_blob, utcnow
 
 log = logging.getLogger(__name__)
+INBOUND = SQLModel.metadata.tables["inbound"]
 BATCH = 128
 
 
@@ -56,7 +58,6 @@ class _Item:
     content: bytes
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[int]
-    row: Any = field(default=None)
 
 
 def classify(exc: BaseException) -> StoreUnavailable:
@@ -113,24 +114,34 @@ class Spool:
             if stop:
                 return
 
+    def _insert(self, session: Session, batch: list[_Item]) -> list[int]:
+        """Insert the batch's rows (sealed) and return their ids, in order: small messages in
+        one statement, a big one alone through :func:`fill_blob` (no copies of it)."""
+        conn = session.connection()
+        small = [item for item in batch if len(item.content) < BIG_BLOB]
+        ids: dict[int, int] = {}
+        if small:
+            rows = [_row(self.keys, item, self.keys.seal(item.content, "inbound.content"))
+                    for item in small]
+            stmt = insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=True)
+            for item, (row_id,) in zip(small, conn.execute(stmt, rows), strict=True):
+                ids[id(item)] = int(row_id)
+        for item in batch:
+            if id(item) in ids:
+                continue
+            sealed = self.keys.seal(item.content, "inbound.content")
+            row_id = int(conn.execute(
+                insert(INBOUND).values(**_row(self.keys, item, deferred_blob(session, sealed)))
+                .returning(INBOUND.c.id)
+            ).scalar_one())
+            fill_blob(session, "inbound", "content", row_id, sealed)
+            ids[id(item)] = row_id
+        return [ids[id(item)] for item in batch]
+
     def _commit(self, batch: list[_Item]) -> None:
         try:
             with Session(self.engine) as session:
-                sealed = []
-                for item in batch:
-                    content = self.keys.seal(item.content, "inbound.content")
-                    item.row = Inbound(
-                        uid=secrets.token_hex(8),
-                        envelope=self.keys.seal(item.envelope.to_json(), "inbound.envelope"),
-                        content=deferred_blob(session, content),
-                    )
-                    sealed.append(content)
-                    session.add(item.row)
-                session.flush()
-                ids = [int(item.row.id) for item in batch]
-                for row_id, content in zip(ids, sealed, strict=True):
-                    fill_blob(session, "inbound", "content", row_id, content)
-                del sealed
+                ids = self._insert(session, batch)
                 session.commit()
         except Exception as exc:  # noqa: BLE001 - every driver error becomes a 4xx
             error = classify(exc)
@@ -143,6 +154,13 @@ class Spool:
         for item, row_id in zip(batch, ids, strict=True):
             item.loop.call_soon_threadsafe(_succeed, item.future, row_id)
         self.on_commit()
+
+
+def _row(keys: Keyring, item: _Item, content: Any) -> dict[str, Any]:
+    return {
+        "uid": secrets.token_hex(8), "received_at": utcnow(), "attempts": 0, "shunted": False,
+        "envelope": keys.seal(item.envelope.to_json(), "inbound.envelope"), "content": content,
+    }
 
 
 def _succeed(future: asyncio.Future[int], value: int) -> None:

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 PROCESS = b"p"
 DELIVER = b"d"
 RESTART_DELAY = 1.0
-DELIVERY_NICE = 5  # delivery-only workers yield the CPU to intake and processing
+# Under a flood the CPU goes first to the SMTP listener (nothing refused, nothing slow to
+# answer), then to the processor (the one serial stage), then to delivery.
+PROCESSOR_NICE = 2
+DELIVERY_NICE = 6
 
 
 def worker_count(settings: Settings) -> int:
@@ -170,8 +173,7 @@ class Worker:
         single = self.app.settings.database_url.startswith("sqlite")
         partition = (max(0, self.index - 1), max(1, count - 1)) if single else None
         deliverer = Deliverer(self.app, make_transport(self.app), partition)
-        if self.index > 0:
-            os.nice(DELIVERY_NICE)  # the serial stages (intake, processing) come first
+        os.nice(DELIVERY_NICE if self.index > 0 else PROCESSOR_NICE)
         processor: Processor | None = None
         threads: list[threading.Thread] = []
         scheduler: Scheduler | None = None

@@ -120,8 +120,11 @@ class Daemon:
     def write(self) -> None:
         sections: dict[str, dict[str, Any]] = {
             "committee": {"name": "Test Conference CoC Committee", "address": ALIAS},
+            # Two workers (a processor and a delivery worker) start faster than one per core;
+            # the benchmark smoke test and test_workers.py run the default.
             "server": {"listen": f"127.0.0.1:{self.port}", "hostname": "mx.example.org",
-                       "max_message_bytes": 200_000, "pid_file": "var/coc-mail.pid"},
+                       "max_message_bytes": 200_000, "pid_file": "var/coc-mail.pid",
+                       "workers": 2},
             "delivery": {"relay": self.relay or f"maildir:{self.outbox}", "retry_seconds": 0.5},
             "dkim": {"private_key": "var/dkim.key", "dns_timeout": 1.0},
             "storage": {"database": self.database, "key_file": "var/secret.key"},
