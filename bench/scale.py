@@ -88,7 +88,8 @@ def huge_report(mib: int) -> dict[str, float]:
     wire (base64 makes 25 MiB of attachment 34 MiB of message)."""
     root = Path(tempfile.mkdtemp(prefix="coc-scale-"))
     d = Daemon(root, f"sqlite:///{root}/var/coc-mail.db",
-               extra={"server": {"max_message_bytes": int(mib * 1.5 + 8) * 1024 * 1024}})
+               extra={"server": {"max_message_bytes": int(mib * 1.5 + 8) * 1024 * 1024,
+                                 "workers": 0}})
     d.start()
     try:
         d.send(make_report(subject="warm-up"))

@@ -195,7 +195,7 @@ def run_once(args: argparse.Namespace) -> Run:
     d = Daemon(root, f"sqlite:///{root}/var/coc-mail.db", relay=f"smtp://127.0.0.1:{sink.port}",
                members=[{"name": f"Member {i}", "email": m, "handle": f"m{i}"}
                         for i, m in enumerate(MEMBERS, 1)],
-               extra={"server": {"max_message_bytes": 26_214_400},
+               extra={"server": {"max_message_bytes": 26_214_400, "workers": 0},
                       "intake": {"reports_per_hour_before_digest": 0,
                                  "acknowledgments_per_day": 0},
                       "delivery": {"workers": 16}, "dkim": {"verify_inbound": False}})

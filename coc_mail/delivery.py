@@ -156,12 +156,12 @@ class SmtpTransport:
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                await client.sendmail(envelope_from, [recipient], content)
+                await _transaction(client, envelope_from, recipient, content)
             except aiosmtplib.SMTPServerDisconnected:
                 if not reused:
                     raise
                 client = await self._connect()  # the relay closed an idle connection
-                await client.sendmail(envelope_from, [recipient], content)
+                await _transaction(client, envelope_from, recipient, content)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             await _close(client)
             refusal = exc.recipients[0] if exc.recipients else None
@@ -181,6 +181,30 @@ class SmtpTransport:
             self.idle.append(client)
         else:
             await _close(client)
+
+
+_PLAIN_ADDRESS = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < or >
+
+
+async def _transaction(
+    client: aiosmtplib.SMTP, sender: str, recipient: str, content: bytes
+) -> None:
+    """One mail transaction. Plain ASCII addresses go straight into MAIL and RCPT (our own
+    bounce address and a member's or reporter's address: parsing them again for every copy
+    cost more than the rest of the dialogue); anything else takes aiosmtplib's ``sendmail``,
+    which quotes it and negotiates SMTPUTF8."""
+    if not (_PLAIN_ADDRESS.fullmatch(sender) and _PLAIN_ADDRESS.fullmatch(recipient)):
+        await client.sendmail(sender, [recipient], content)
+        return
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
+    reply = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">")
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+    reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
+    if reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+    await client.data(content)
 
 
 def _pieces(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
