@@ -29,7 +29,7 @@ from .store import Inbound
 from .workers import Pool, run_loop, worker_count
 
 log = logging.getLogger(__name__)
-LOCK_WAIT = 5.0  # seconds
+LOCK_WAIT = 10.0  # seconds (the workers of a killed daemon take up to 2 s to go)
 
 
 def _lock(settings: Settings) -> IO[str] | None:

@@ -11,8 +11,9 @@ interpreter lock. The processes share nothing but the database, and each has a w
 * whoever queues copies writes ``d`` to every worker's pipe: the other workers deliver, each
   claiming its own copies with a lease (worker 0 delivers too when it is the only one).
 
-A worker whose main process dies (even by SIGKILL) sees its lifeline pipe close and exits at
-once; what it had in hand is redone by the next start, as after any crash. The main process
+A worker whose main process dies (even by SIGKILL) sees its lifeline pipe close, finishes and
+records the copies in hand for at most two seconds and exits; what is left is redone by the
+next start, as after any crash. The main process
 restarts a worker that dies, and stops them all (SIGTERM, then waits) when it stops.
 """
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 PROCESS = b"p"
 DELIVER = b"d"
 RESTART_DELAY = 1.0
+ORPHAN_GRACE = 2.0  # seconds a worker whose main process died may take to stop
 # Under a flood the CPU goes first to the SMTP listener (nothing refused, nothing slow to
 # answer), then to the processor (the one serial stage), then to delivery.
 PROCESSOR_NICE = 2
@@ -198,9 +200,15 @@ class Worker:
                 processor.wake.set()
 
         def orphaned() -> None:
-            if not os.read(self.lifeline_fd, 1):
-                log.error("worker %d: the daemon's main process is gone; exiting", self.index)
-                os._exit(1)  # as after a crash: leases run out, the next start redoes it
+            if os.read(self.lifeline_fd, 1):
+                return
+            # Finish what is in hand and record it (fewer copies sent twice after the
+            # restart), but never for longer than ORPHAN_GRACE: past it, exit as after a
+            # crash (leases run out, the next start redoes the rest).
+            log.error("worker %d: the daemon's main process is gone; stopping", self.index)
+            loop.remove_reader(self.lifeline_fd)
+            loop.call_later(ORPHAN_GRACE, os._exit, 1)
+            self.stopped.set()
 
         os.set_blocking(self.wake_fd, False)
         loop.add_reader(self.wake_fd, woken)
