@@ -239,8 +239,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     app = build(_settings(args), migrate=False)
     with Session(app.engine) as session:
-        cases = status.cases(session)
-        data = status.render([status.row_of(app, c) for c in cases], args.format)
+        cases = status.cases(app, session)
+        data = status.render([status.row_of(c) for c in cases], args.format)
         found = status.warnings(app, session, cases)
     if args.output:
         Path(args.output).write_bytes(data)
