@@ -325,7 +325,7 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
 
 ## Where the time goes, and what is not reached
 
-The CPU rows above are per report, all processes together about 13 ms, on a machine with
+The CPU rows above are per report, all processes together about 12 ms, on a machine with
 2 cores that also runs smtp-source and smtp-sink: coc-mail uses about 85 % of both cores
 until the last copy is out, so it is CPU-bound. Postfix sends each report once, as one
 transaction with five RCPTs. coc-mail cannot: every member's copy carries that member's own
