@@ -27,6 +27,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiosmtplib
+import aiosmtplib.protocol
 from sqlalchemy import or_
 from sqlmodel import Session, col, delete, select, update
 
@@ -183,6 +184,40 @@ class SmtpTransport:
             await _close(client)
 
 
+_ORIGINAL_NORMALIZE = aiosmtplib.protocol.normalize_message_line_endings
+_ORIGINAL_PERIOD = aiosmtplib.protocol.PERIOD_REGEX
+
+
+def _normalized(message: bytes) -> bytes:
+    """aiosmtplib's line-ending normalisation, byte for byte, without its regex when the
+    message is CRLF throughout already (every copy coc-mail sends is)."""
+    pairs = message.count(b"\r\n")
+    if message.count(b"\n") == pairs and message.count(b"\r") == pairs:
+        return message if message.endswith(b"\r\n") else message + b"\r\n"
+    return _ORIGINAL_NORMALIZE(message)
+
+
+class _LeadingDots:
+    """aiosmtplib's dot-stuffing (``(?m)^\\.`` -> ``..``, RFC 5321 4.5.2), byte for byte, as
+    ``bytes.replace``: a line starts at the text's start or after a LF."""
+
+    @staticmethod
+    def sub(repl: bytes, message: bytes) -> bytes:
+        if repl != b"..":
+            return _ORIGINAL_PERIOD.sub(repl, message)
+        stuffed = message.replace(b"\n.", b"\n..")
+        return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
+def use_fast_data_encoding() -> None:
+    """Make aiosmtplib's DATA encoding use :func:`_normalized` and :class:`_LeadingDots`: the
+    same bytes on the wire, without two regex passes over every copy (they were an eighth of
+    a delivery worker's time). Like the OpenSSL signing in :mod:`coc_mail.dkim`, a patch of
+    one library function, checked against the original in the tests."""
+    aiosmtplib.protocol.normalize_message_line_endings = _normalized
+    aiosmtplib.protocol.PERIOD_REGEX = _LeadingDots()  # type: ignore[assignment]
+
+
 _PLAIN_ADDRESS = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < or >
 
 
@@ -239,6 +274,7 @@ def make_transport(app: App) -> Transport:
         transport = MaildirTransport(delivery.maildir_path)
         transport.prepare()
         return transport
+    use_fast_data_encoding()
     return SmtpTransport(
         delivery.relay,
         delivery.username,

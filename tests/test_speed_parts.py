@@ -104,3 +104,20 @@ def test_a_big_report_arrives_whole_and_signed(tmp_path: Path, sqlite_url: str) 
         assert len(stored) > 3 << 20 and b"evidence.bin" not in stored
     finally:
         d.stop()
+
+
+LINES = st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"\r", b"\n", b" ", b"x.y"]),
+                 max_size=40).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(message=LINES)
+def test_fast_data_encoding_sends_what_aiosmtplib_would(message: bytes) -> None:
+    """The patched DATA encoding (line endings, then leading dots) is aiosmtplib's, byte for
+    byte, whatever the line endings."""
+    from coc_mail import delivery
+
+    original = delivery._ORIGINAL_PERIOD.sub(
+        b"..", delivery._ORIGINAL_NORMALIZE(message))
+    fast = delivery._LeadingDots.sub(b"..", delivery._normalized(message))
+    assert fast == original
