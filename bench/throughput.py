@@ -313,7 +313,7 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
 * **Writers take turns through a lock file** (`coc_mail/writelock.py`): a SQLite writer
   waiting for another starts the moment it commits, instead of sleeping in SQLite's retry
   loop (1-100 ms naps that, not the work, had set the pace).
-* **Processing in batches**: up to 16 messages per transaction; standings, copies and sent-
+* **Processing in batches**: up to 32 messages per transaction; standings, copies and sent-
   copy records are Core `executemany` inserts, not ORM objects.
 * **Copies share their body.** A report's five member copies are five header blocks and one
   stored body; each copy is DKIM-signed when it is sent, with the body hash computed once
@@ -323,21 +323,22 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
   copies are deleted in batches in the background; relay connections are pooled; plain
   ASCII addresses go straight into MAIL and RCPT.
 
-## Where the time goes, and what is not reached
+## Where the time goes, and what is left
 
-The CPU rows above are per report, all processes together about 12 ms, on a machine with
-2 cores that also runs smtp-source and smtp-sink: coc-mail uses about 85 % of both cores
-until the last copy is out, so it is CPU-bound. Postfix sends each report once, as one
-transaction with five RCPTs. coc-mail cannot: every member's copy carries that member's own
-case address (a secret token) in `Reply-To:` and its own Message-ID and bounce address
-(SPEC 1.4, 3), so it sends five transactions and signs five times (an RSA-2048 signature
-is about 0.3 ms, five are 1.5 ms of every report; signing only the headers copies share
-would leave `Reply-To:` unsigned, against RFC 6376 5.4, and let a replayed copy be
-re-pointed at an attacker). Delivered reports per second therefore stay under half of
-Postfix's. What would close the gap, in order of yield: processing without the ORM (about
-a third of its time is SQLAlchemy bookkeeping), an SMTP client that pipelines MAIL/RCPT/
-DATA (RFC 2920), and dkimpy's header canonicalisation done once for the headers copies
-share.
+The CPU rows above are per report, all processes together about 10 ms, on a machine with
+2 cores that also runs smtp-source and smtp-sink: coc-mail keeps both cores busy until the
+last copy is out, so it is CPU-bound, and delivered reports per second sit at about half of
+Postfix's (the median ratio of one set of runs was 0.35, of later ones 0.45 and 0.50: the
+machine's speed swings between runs). Postfix sends each report once, as one transaction
+with five RCPTs. coc-mail cannot: every member's copy carries that member's own case
+address (a secret token) in `Reply-To:` and its own Message-ID and bounce address (SPEC
+1.4, 3), so it sends five transactions and signs five times (an RSA-2048 signature is
+about 0.25 ms, five are more than 1 ms of every report; signing only the headers copies
+share would leave `Reply-To:` unsigned, against RFC 6376 5.4, and let a replayed copy be
+re-pointed at an attacker). What would add margin, in order of yield: processing without
+the ORM (about a third of its time is SQLAlchemy bookkeeping), an SMTP client that
+pipelines MAIL/RCPT/DATA (RFC 2920), and dkimpy's header canonicalisation done once for
+the headers a report's copies share.
 """
 
 

@@ -47,7 +47,7 @@ from .workflow import Work, declared_conflicts, pending_members
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-BATCH = 16  # messages per processing transaction
+BATCH = 32  # messages per processing transaction
 BATCH_BYTES = 4 << 20  # and about this much content at most (a big report goes alone)
 DIGEST_PENDING = "digest-pending"
 NOTICES_PER_HOUR = 3
