@@ -121,3 +121,26 @@ def test_fast_data_encoding_sends_what_aiosmtplib_would(message: bytes) -> None:
         b"..", delivery._ORIGINAL_NORMALIZE(message))
     fast = delivery._LeadingDots.sub(b"..", delivery._normalized(message))
     assert fast == original
+
+
+def test_data_reader_unstuffs_dots_and_refuses_long_lines_then_carries_on(
+    sqlite_daemon: Daemon,
+) -> None:
+    """coc-mail reads DATA itself (one buffer, not aiosmtpd's list of lines): transparency
+    (RFC 5321 4.5.2) undone, an over-long line answered 500 after the whole message, and the
+    session usable afterwards."""
+    d = sqlite_daemon
+    dotted = make_report(body=".leading dot\n..two dots\n.\nend\n")
+    raw = wire(dotted)
+    too_long = (b"From: r@example.com\r\nSubject: long\r\n\r\n" + b"x" * 70_000 + b"\r\n")
+    with d.smtp() as s:
+        s.ehlo()
+        assert s.mail("reporter@example.com")[0] == 250
+        assert s.rcpt("conduct@example.org")[0] == 250
+        assert s.data(too_long)[0] == 500  # smtplib dot-stuffs; the line is 70 kB
+        assert s.mail("reporter@example.com")[0] == 250
+        assert s.rcpt("conduct@example.org")[0] == 250
+        assert s.data(raw)[0] == 250
+    copies = d.wait_delivered(4)
+    member = next(c for c in copies if c.to != "reporter@example.com")
+    assert member.original().replace(b"\n", b"\r\n") == raw
