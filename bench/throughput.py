@@ -327,9 +327,9 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
 
 The CPU rows above are per report, all processes together about 10 ms, on a machine with
 2 cores that also runs smtp-source and smtp-sink: coc-mail keeps both cores busy until the
-last copy is out, so it is CPU-bound, and delivered reports per second sit at about half of
-Postfix's (the median ratio of one set of runs was 0.35, of later ones 0.45 and 0.50: the
-machine's speed swings between runs). Postfix sends each report once, as one transaction
+last copy is out, so it is CPU-bound, and delivered reports per second sit just under half
+of Postfix's (medians of sets of 5 runs with this code: 0.45 to 0.50; the machine's speed
+swings between runs). Postfix sends each report once, as one transaction
 with five RCPTs. coc-mail cannot: every member's copy carries that member's own case
 address (a secret token) in `Reply-To:` and its own Message-ID and bounce address (SPEC
 1.4, 3), so it sends five transactions and signs five times (an RSA-2048 signature is
