@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,27 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procs import listening, memory_kib, roles
 from tests.helpers import Daemon, free_port, make_report, wait_for, wire
-
-
-def rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def processes(d: Daemon) -> dict[str, int]:
-    """The daemon's processes: the main one (SMTP intake) and its workers, by role."""
-    assert d.proc is not None
-    pid = d.proc.pid
-    found = {"intake (main process)": pid}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        index = args[args.index(b"worker") + 1].decode()
-        found["processing (worker 0)" if index == "0" else f"delivery (worker {index})"] = (
-            int(child))
-    return found
 
 
 def big_message(mib: int) -> bytes:
@@ -60,26 +40,18 @@ def bare_aiosmtpd(mib: int) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "bench.bare", str(port), limit],
                             cwd=Path(__file__).resolve().parent.parent)
     try:
-        wait_for(lambda: _listening(port), 20, "bare aiosmtpd")
+        wait_for(lambda: listening(port), 20, "bare aiosmtpd")
         with smtplib.SMTP("127.0.0.1", port) as s:
             s.sendmail("warm@example.com", ["conduct@example.org"], wire(make_report()))
         time.sleep(0.3)
-        base = rss_kib(proc.pid, "VmRSS")
+        base = memory_kib(proc.pid, "VmRSS")
         raw = big_message(mib)
         with smtplib.SMTP("127.0.0.1", port) as s:
             s.sendmail("big@example.com", ["conduct@example.org"], raw)
-        return (rss_kib(proc.pid, "VmHWM") - base) / 1024
+        return (memory_kib(proc.pid, "VmHWM") - base) / 1024
     finally:
         proc.kill()
         proc.wait()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def huge_report(mib: int) -> dict[str, float]:
@@ -95,8 +67,9 @@ def huge_report(mib: int) -> dict[str, float]:
         d.send(make_report(subject="warm-up"))
         d.wait_delivered(4)
         time.sleep(0.5)
-        procs = processes(d)
-        base = {role: rss_kib(pid, "VmRSS") for role, pid in procs.items()}
+        assert d.proc is not None
+        procs = roles(d.proc.pid)
+        base = {role: memory_kib(pid, "VmRSS") for role, pid in procs.items()}
         raw = big_message(mib)
         size = len(raw) / 2**20
         d.send(raw)
@@ -105,7 +78,7 @@ def huge_report(mib: int) -> dict[str, float]:
         out: dict[str, float] = {"report MiB (on the wire)": size}
         total = 0.0
         for role, pid in procs.items():
-            growth = (rss_kib(pid, "VmHWM") - base[role]) / 1024
+            growth = (memory_kib(pid, "VmHWM") - base[role]) / 1024
             total += growth
             out[f"{role}: peak RSS growth MiB"] = growth
             out[f"{role}: growth / report size"] = growth / size
@@ -114,7 +87,7 @@ def huge_report(mib: int) -> dict[str, float]:
         bare = bare_aiosmtpd(mib)
         out["bare aiosmtpd taking the same message: peak RSS growth MiB"] = bare
         out["bare aiosmtpd: growth / report size"] = bare / size
-        intake = out["intake (main process): peak RSS growth MiB"]
+        intake = out["intake: peak RSS growth MiB"]
         out["intake / bare aiosmtpd (same run)"] = intake / bare
         return out
     finally:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procs import cpu_seconds, listening, memory_kib, roles
 from tests import postfix
 from tests.helpers import Daemon, free_port, make_report, wait_for
 
@@ -126,28 +127,6 @@ def latencies(port: int, sink: Sink, reports: int, rate: float) -> list[float]:
     return sorted(arrived[k] - accepted[k] for k in accepted)
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def roles(pid: int) -> dict[str, int]:
-    """The daemon's processes by role: intake (the main process), processing, delivery."""
-    found = {"intake": pid}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        index = args[args.index(b"worker") + 1].decode()
-        found["processing" if index == "0" else f"delivery {index}"] = int(child)
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -171,7 +150,7 @@ def run_once(args: argparse.Namespace) -> Run:
     port = free_port()
     bare = subprocess.Popen([sys.executable, "-m", "bench.bare", str(port)],
                             cwd=Path(__file__).resolve().parent.parent)
-    wait_for(lambda: _listening(port), 20, "bare aiosmtpd")
+    wait_for(lambda: listening(port), 20, "bare aiosmtpd")
     result.accept["bare aiosmtpd"] = n / smtp_source(port, n, args.sessions, args.size)
     bare.send_signal(signal.SIGTERM)
     bare.kill()
@@ -217,21 +196,11 @@ def run_once(args: argparse.Namespace) -> Run:
     sink.clear()
     lat = latencies(d.port, sink, args.latency_reports, 20.0)
     result.p50, result.p99 = pct(lat, 0.5), pct(lat, 0.99)
-    result.rss = sum(peak_rss_mib(pid) for pid in procs.values())
+    result.rss = sum(memory_kib(pid, "VmHWM") for pid in procs.values()) / 1024
     d.stop()
     sink.stop()
     shutil.rmtree(root, ignore_errors=True)
     return result
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def main() -> int:

@@ -1,0 +1,42 @@
+"""What the benchmarks read about running processes: listening ports, the daemon's
+processes by role, their memory and CPU time (from /proc)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def listening(port: int) -> bool:
+    """Does something accept connections on 127.0.0.1:``port``?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def roles(pid: int) -> dict[str, int]:
+    """The daemon's processes: ``intake`` (the main process), ``processing`` (worker 0),
+    ``delivery N`` (the other workers)."""
+    found = {"intake": pid}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        index = args[args.index(b"worker") + 1].decode()
+        found["processing" if index == "0" else f"delivery {index}"] = int(child)
+    return found
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
