@@ -20,7 +20,8 @@ from .errors import StorageKeyError
 
 ENV_KEY = "COC_MAIL_KEY"
 _VERSION = b"\x01"
-BIG = 1 << 20  # from this size on, seal without intermediate copies
+BIG = 1 << 20  # a "big" value: from this size on, values are sealed, stored, sent and
+#                 received in pieces or one at a time, never copied whole (one threshold)
 
 
 def _derive(master: bytes, purpose: bytes) -> bytes:

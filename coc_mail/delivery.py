@@ -32,17 +32,17 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, delete, select, update
 
 from .app import App
+from .crypto import BIG  # copies larger than this go one at a time per worker
 from .dkim import body_hash
 from .errors import DeliveryError
 from .outbox import notify_operators
-from .store import Body, Outbound, SentCopy, utcnow
+from .store import Body, Outbound, SentCopy, drop_unused_bodies, utcnow
 
 log = logging.getLogger(__name__)
 
 LEASE = dt.timedelta(seconds=30)  # renewed every RENEW while the copy is in flight
 RENEW = 10.0
 MAX_BACKOFF = 3600.0
-BIG = 1 << 20  # copies larger than this are sent one at a time per worker
 COLUMNS = [col(c) for c in (Outbound.id, Outbound.uid, Outbound.envelope_from,
                              Outbound.recipient, Outbound.content, Outbound.body_id)]
 
@@ -242,7 +242,7 @@ async def _transaction(
     await client.data(content)
 
 
-def _pieces(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+def _pieces(data: bytes, size: int = BIG) -> Iterator[bytes]:
     """``data`` in pieces of about ``size`` bytes, never splitting a CRLF."""
     start = 0
     while start < len(data):
@@ -630,16 +630,6 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=wait)
         self.wake.clear()
-
-
-def drop_unused_bodies(session: Session, ids: set[int]) -> None:
-    """Delete those of these shared bodies that no queued copy refers to any more."""
-    if not ids:
-        return
-    in_use = select(Outbound.body_id).where(col(Outbound.body_id).in_(ids))
-    session.exec(
-        delete(Body).where(col(Body.id).in_(ids)).where(col(Body.id).not_in(in_use))
-    )
 
 
 def retry_now(app: App, *, clear_claims: bool) -> int:

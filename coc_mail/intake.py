@@ -24,6 +24,7 @@ from sqlmodel import Session
 from . import verdicts
 from .addresses import Addresses
 from .config import Settings
+from .crypto import BIG
 from .errors import StoreUnavailable
 from .limits import Limits
 from .message import header_block
@@ -134,7 +135,6 @@ class IntakeHandler:
 
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words
 TOO_MUCH = "552 Error: Too much mail data"
-BIG_MESSAGE = 1 << 20
 
 
 class BoundedSMTP(SMTP):
@@ -211,7 +211,7 @@ class BoundedSMTP(SMTP):
             await self.push(refusal)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        content = bytes(data) if len(data) < BIG_MESSAGE else data  # big: never copied
+        content = bytes(data) if len(data) < BIG else data  # big: never copied
         self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
         del data
         status = await self._call_handler_hook("DATA")

@@ -16,7 +16,15 @@ from .app import App
 from .cases import Standing, member_tag, receiving_members, set_standing, standings
 from .config import Member
 from .outbox import Outbox
-from .store import AckBudget, Body, Case, CaseMember, DocEntry, Outbound, ProcessedInbound, utcnow
+from .store import (
+    AckBudget,
+    Case,
+    CaseMember,
+    DocEntry,
+    ProcessedInbound,
+    drop_unused_bodies,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 WARN_BEFORE_PURGE = dt.timedelta(days=7)
@@ -175,12 +183,7 @@ def forget_old_counters(session: Session, now: dt.datetime) -> None:
     session.exec(delete(AckBudget).where(col(AckBudget.day) < now.date()))
     day_ago = now - dt.timedelta(days=1)
     session.exec(delete(ProcessedInbound).where(col(ProcessedInbound.at) < day_ago))
-    in_use = select(Outbound.body_id).where(col(Outbound.body_id).is_not(None))
-    session.exec(
-        delete(Body)
-        .where(col(Body.created_at) < now - dt.timedelta(hours=1))
-        .where(col(Body.id).not_in(in_use))
-    )
+    drop_unused_bodies(session, older_than=now - dt.timedelta(hours=1))
 
 
 def tick(app: App, *, only_purge: bool = False) -> int:

@@ -21,9 +21,9 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from .crypto import Keyring
+from .crypto import BIG, Keyring
 from .errors import StoreUnavailable
-from .store import BIG_BLOB, deferred_blob, fill_blob, utcnow
+from .store import deferred_blob, fill_blob, utcnow
 
 log = logging.getLogger(__name__)
 INBOUND = SQLModel.metadata.tables["inbound"]
@@ -118,7 +118,7 @@ class Spool:
         """Insert the batch's rows (sealed) and return their ids, in order: small messages in
         one statement, a big one alone through :func:`fill_blob` (no copies of it)."""
         conn = session.connection()
-        small = [item for item in batch if len(item.content) < BIG_BLOB]
+        small = [item for item in batch if len(item.content) < BIG]
         ids: dict[int, int] = {}
         if small:
             rows = [_row(self.keys, item, self.keys.seal(item.content, "inbound.content"))

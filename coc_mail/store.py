@@ -14,9 +14,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col
 
 from . import writelock
+from .crypto import BIG  # from this size on, SQLite gets a value in pieces
 from .errors import CocMailError, StorageKeyError
 
 
@@ -194,14 +195,13 @@ class AckBudget(SQLModel, table=True):
     count: int = 0
 
 
-BIG_BLOB = 1 << 20  # from this size on, SQLite gets a value in pieces
 
 
 def deferred_blob(session: Session, value: bytes) -> Any:
     """What to insert for ``value``: the value itself, or for a big one on SQLite a zero blob
     of its size, filled by :func:`fill_blob` once the row exists. Bound whole, SQLite would
     copy a 34 MiB report twice more while writing it."""
-    if len(value) < BIG_BLOB or session.get_bind().dialect.name != "sqlite":
+    if len(value) < BIG or session.get_bind().dialect.name != "sqlite":
         return value
     return sa.func.zeroblob(len(value))
 
@@ -209,13 +209,31 @@ def deferred_blob(session: Session, value: bytes) -> Any:
 def fill_blob(session: Session, table: str, column: str, rowid: int, value: bytes) -> None:
     """Write ``value`` into the zero blob :func:`deferred_blob` inserted, a piece at a time
     (SQLite incremental blob I/O, in the caller's transaction); nothing to do otherwise."""
-    if len(value) < BIG_BLOB or session.get_bind().dialect.name != "sqlite":
+    if len(value) < BIG or session.get_bind().dialect.name != "sqlite":
         return
     dbapi: sqlite3.Connection = session.connection().connection.dbapi_connection  # type: ignore[assignment]
     view = memoryview(value)
     with dbapi.blobopen(table, column, rowid) as blob:
-        for start in range(0, len(view), BIG_BLOB):
-            blob.write(view[start:start + BIG_BLOB])
+        for start in range(0, len(view), BIG):
+            blob.write(view[start:start + BIG])
+
+
+def drop_unused_bodies(session: Session, ids: set[int] | None = None,
+                       older_than: dt.datetime | None = None) -> None:
+    """Delete shared bodies no queued copy refers to any more: among ``ids`` (a delivery's
+    copies just deleted), or all of them created before ``older_than`` (the hourly sweep
+    for bodies two daemons let go of at the same moment)."""
+    if ids is not None and not ids:
+        return
+    in_use = sa.select(col(Outbound.body_id)).where(col(Outbound.body_id).is_not(None))
+    if ids is not None:
+        in_use = in_use.where(col(Outbound.body_id).in_(ids))
+    stmt = sa.delete(Body).where(col(Body.id).not_in(in_use))
+    if ids is not None:
+        stmt = stmt.where(col(Body.id).in_(ids))
+    if older_than is not None:
+        stmt = stmt.where(col(Body.created_at) < older_than)
+    session.execute(stmt)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
