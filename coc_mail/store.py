@@ -44,6 +44,9 @@ class Inbound(SQLModel, table=True):
     """
 
     __tablename__ = "inbound"
+    # The id is the queue id in "250 ... queued as N" and in the logs: never reused, also
+    # when the queue runs empty (SQLite would otherwise hand out 1 again).
+    __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     uid: str | None = Field(default=None, max_length=32, index=True)
     received_at: dt.datetime = Field(default_factory=utcnow, index=True)

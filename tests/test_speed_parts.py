@@ -144,3 +144,18 @@ def test_data_reader_unstuffs_dots_and_refuses_long_lines_then_carries_on(
     copies = d.wait_delivered(4)
     member = next(c for c in copies if c.to != "reporter@example.com")
     assert member.original().replace(b"\n", b"\r\n") == raw
+
+
+def test_queue_ids_are_never_reused_when_the_queue_runs_empty(sqlite_daemon: Daemon) -> None:
+    d = sqlite_daemon
+    ids = []
+    for n in (1, 2):
+        with d.smtp() as s:
+            s.ehlo()
+            s.mail("reporter@example.com")
+            s.rcpt("conduct@example.org")
+            code, reply = s.data(wire(make_report(subject=f"report {n}")))
+        assert code == 250
+        ids.append(reply.split()[-1])
+        d.wait_delivered(4 * n)  # processed: the incoming queue is empty again
+    assert ids[0] != ids[1], "a queue id names one message in the logs"
