@@ -287,7 +287,8 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
 * **Copies share their body.** A report's five member copies are five header blocks and one
   stored body; each copy is DKIM-signed when it is sent, with the body hash computed once
   (dkimpy's canonicalisation, RSA in OpenSSL: about 0.4 ms a signature). SQLite delivery
-  workers split the queue by copy id (a read, no lease to write); PostgreSQL keeps leases
+  workers split the queue by body id (a read, no lease to write; a report's copies go
+  through one worker); PostgreSQL keeps leases
   (`UPDATE ... RETURNING`, `SKIP LOCKED`) so several daemons share one queue. Delivered
   copies are deleted in batches in the background; relay connections are pooled; plain
   ASCII addresses go straight into MAIL and RCPT.

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 import aiosmtplib.protocol
-from sqlalchemy import or_
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, delete, select, update
 
 from .app import App
@@ -335,7 +335,9 @@ class Deliverer:
         and kept while copies use them.
 
         With a :attr:`partition` (one daemon on SQLite: each delivery worker owns the copies
-        whose id falls in its share) this is a plain read, skipping the copies ``in_hand``;
+        whose shared body's id, or their own id when they have none, falls in its share, so a
+        report's copies go through one worker and its body is opened and hashed once) this is
+        a plain read, skipping the copies ``in_hand``;
         otherwise the copies are leased in one statement, ``SKIP LOCKED`` on PostgreSQL, so
         several daemons share the queue.
         """
@@ -347,7 +349,8 @@ class Deliverer:
                 rows = session.execute(
                     select(*COLUMNS)
                     .where(Outbound.next_attempt_at <= now)
-                    .where(col(Outbound.id) % count == index)
+                    .where(func.coalesce(col(Outbound.body_id), col(Outbound.id)) % count
+                           == index)
                     .where(col(Outbound.id).not_in(in_hand))
                     .order_by(col(Outbound.next_attempt_at))
                     .limit(limit)
@@ -597,7 +600,7 @@ class Deliverer:
         try:
             while not self.stopping:
                 room = workers * 4 - len(tasks)
-                if room <= 0:
+                if room < workers * 2:  # claim in batches: a query per copy cost more
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:

@@ -171,7 +171,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         count = len(self.peer_fds)
         delivering = self.index > 0 or count == 1
-        # One daemon on SQLite: delivery workers split the queue by copy id instead of leasing.
+        # One daemon on SQLite: delivery workers split the queue by body (or copy) id
+        # instead of leasing copies.
         single = self.app.settings.database_url.startswith("sqlite")
         partition = (max(0, self.index - 1), max(1, count - 1)) if single else None
         deliverer = Deliverer(self.app, make_transport(self.app), partition)
