@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from .crypto import Keyring
 from .store import AuditEntry, utcnow
 
 GENESIS = "0" * 64
+AUDIT_LOG = AuditEntry.__table__  # type: ignore[attr-defined]
 
 
 def _digest(prev: str, code_name: str, at: str, actor: str, action: str) -> str:
@@ -32,18 +35,19 @@ def record(
     ).first()
     prev = last or GENESIS
     at = utcnow().replace(microsecond=0)
-    session.add(
-        AuditEntry(
-            code_name=code_name,
-            at=at,
-            actor=keys.seal_text(actor, "audit_log.actor"),
-            action=action[:200],
-            prev_hash=prev,
-            hash=_digest(prev, code_name, at.isoformat(), actor, action[:200]),
-        )
-    )
-    if not first:
-        session.flush()  # the next entry of this transaction reads this one
+    entry: dict[str, Any] = {
+        "code_name": code_name,
+        "at": at,
+        "actor": keys.seal_text(actor, "audit_log.actor"),
+        "action": action[:200],
+        "prev_hash": prev,
+        "hash": _digest(prev, code_name, at.isoformat(), actor, action[:200]),
+    }
+    if first:  # a new case's first entry: a Core insert, no ORM object to flush
+        session.connection().execute(insert(AUDIT_LOG), entry)
+        return
+    session.add(AuditEntry(**entry))
+    session.flush()  # the next entry of this transaction reads this one
 
 
 @dataclass(frozen=True)

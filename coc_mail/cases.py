@@ -42,12 +42,20 @@ RECEIVING = {Standing.NOTIFIED, Standing.CLEARED}
 CODE_NAME_TRIES = 20
 
 
+CODE_NAMES = CodeName.__table__  # type: ignore[attr-defined]
+
+
 def unused_code_name(session: Session) -> str:
-    """A fresh code name not used by any case so far (the unique constraint backs this up)."""
+    """A fresh code name not used by any case so far (the unique constraint backs this up).
+    Core statements: a new case is the processor's commonest work under a flood."""
+    conn = session.connection()
     for _ in range(CODE_NAME_TRIES):
         code_name = new_code_name()
-        if session.get(CodeName, code_name) is None:  # every case's name is in code_names
-            session.add(CodeName(name=code_name))
+        taken = conn.execute(  # every case's name is in code_names
+            select(CODE_NAMES.c.name).where(CODE_NAMES.c.name == code_name)
+        ).first()
+        if taken is None:
+            conn.execute(insert(CODE_NAMES).values(name=code_name))
             return code_name
         log.info("code name collision, drawing another")
     raise RuntimeError("could not draw an unused code name")
