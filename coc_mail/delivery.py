@@ -17,25 +17,22 @@ import logging
 import os
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
-import aiosmtplib
-import aiosmtplib.protocol
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, delete, select, update
 
 from .app import App
 from .crypto import BIG  # copies larger than this go one at a time per worker
 from .dkim import body_hash
-from .errors import DeliveryError
+from .errors import DeliveryError, where
 from .outbox import notify_operators
+from .relay import SmtpTransport
 from .store import Body, Outbound, SentCopy, drop_unused_bodies, utcnow
 
 log = logging.getLogger(__name__)
@@ -110,138 +107,6 @@ class MaildirTransport:
             raise DeliveryError(f"maildir: {exc.strerror}", permanent=False) from None
 
 
-class SmtpTransport:
-    """Delivers through an SMTP relay: ``smtp://`` (STARTTLS when offered, or required with
-    ``delivery.require_tls``) or ``smtps://`` (TLS from the start), AUTH when configured.
-    Connections are kept open and reused (at most ``pool`` idle ones), as Postfix's
-    connection cache does; a reused connection that fails is replaced once."""
-
-    def __init__(
-        self,
-        url: str,
-        username: str | None,
-        password: str | None,
-        require_tls: bool,
-        timeout: float,
-        ca_file: str | None = None,
-        pool: int = 4,
-    ) -> None:
-        parts = urlsplit(url)
-        self.host = parts.hostname or ""
-        self.implicit = parts.scheme == "smtps"
-        self.port = parts.port or (465 if self.implicit else 25)
-        self.username, self.password = username, password
-        self.require_tls, self.timeout = require_tls, timeout
-        self.context = ssl.create_default_context(cafile=ca_file)  # built once: it is costly
-        self.pool = pool
-        self.idle: list[aiosmtplib.SMTP] = []
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, use_tls=self.implicit,
-            start_tls=True if self.require_tls else None, tls_context=self.context,
-            timeout=self.timeout,
-        )
-        await client.connect()
-        if self.username:
-            await client.login(self.username, self.password or "")
-        return client
-
-    async def send(
-        self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
-    ) -> None:
-        content = parts[0] if len(parts) == 1 else b"".join(parts)
-        reused = bool(self.idle)
-        client = self.idle.pop() if reused else None
-        try:
-            try:
-                if client is None or not client.is_connected:
-                    client = await self._connect()
-                await _transaction(client, envelope_from, recipient, content)
-            except aiosmtplib.SMTPServerDisconnected:
-                if not reused:
-                    raise
-                client = await self._connect()  # the relay closed an idle connection
-                await _transaction(client, envelope_from, recipient, content)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            await _close(client)
-            refusal = exc.recipients[0] if exc.recipients else None
-            code = refusal.code if refusal else 450
-            raise DeliveryError(
-                f"{code} {refusal.message if refusal else ''}", permanent=500 <= code < 600
-            ) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            await _close(client)
-            raise DeliveryError(
-                f"{exc.code} {exc.message}", permanent=500 <= exc.code < 600
-            ) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            await _close(client)
-            raise DeliveryError(f"relay: {type(exc).__name__}: {exc}", permanent=False) from None
-        if len(self.idle) < self.pool:
-            self.idle.append(client)
-        else:
-            await _close(client)
-
-
-_ORIGINAL_NORMALIZE = aiosmtplib.protocol.normalize_message_line_endings
-_ORIGINAL_PERIOD = aiosmtplib.protocol.PERIOD_REGEX
-
-
-def _normalized(message: bytes) -> bytes:
-    """aiosmtplib's line-ending normalisation, byte for byte, without its regex when the
-    message is CRLF throughout already (every copy coc-mail sends is)."""
-    pairs = message.count(b"\r\n")
-    if message.count(b"\n") == pairs and message.count(b"\r") == pairs:
-        return message if message.endswith(b"\r\n") else message + b"\r\n"
-    return _ORIGINAL_NORMALIZE(message)
-
-
-class _LeadingDots:
-    """aiosmtplib's dot-stuffing (``(?m)^\\.`` -> ``..``, RFC 5321 4.5.2), byte for byte, as
-    ``bytes.replace``: a line starts at the text's start or after a LF."""
-
-    @staticmethod
-    def sub(repl: bytes, message: bytes) -> bytes:
-        if repl != b"..":
-            return _ORIGINAL_PERIOD.sub(repl, message)
-        stuffed = message.replace(b"\n.", b"\n..")
-        return b"." + stuffed if stuffed.startswith(b".") else stuffed
-
-
-def use_fast_data_encoding() -> None:
-    """Make aiosmtplib's DATA encoding use :func:`_normalized` and :class:`_LeadingDots`: the
-    same bytes on the wire, without two regex passes over every copy (they were an eighth of
-    a delivery worker's time). Like the OpenSSL signing in :mod:`coc_mail.dkim`, a patch of
-    one library function, checked against the original in the tests."""
-    aiosmtplib.protocol.normalize_message_line_endings = _normalized
-    aiosmtplib.protocol.PERIOD_REGEX = _LeadingDots()  # type: ignore[assignment]
-
-
-_PLAIN_ADDRESS = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < or >
-
-
-async def _transaction(
-    client: aiosmtplib.SMTP, sender: str, recipient: str, content: bytes
-) -> None:
-    """One mail transaction. Plain ASCII addresses go straight into MAIL and RCPT (our own
-    bounce address and a member's or reporter's address: parsing them again for every copy
-    cost more than the rest of the dialogue); anything else takes aiosmtplib's ``sendmail``,
-    which quotes it and negotiates SMTPUTF8."""
-    if not (_PLAIN_ADDRESS.fullmatch(sender) and _PLAIN_ADDRESS.fullmatch(recipient)):
-        await client.sendmail(sender, [recipient], content)
-        return
-    if client.is_ehlo_or_helo_needed:
-        await client.ehlo()
-    reply = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">")
-    if reply.code != 250:
-        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
-    reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
-    if reply.code not in (250, 251):
-        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-    await client.data(content)
-
-
 def _pieces(data: bytes, size: int = BIG) -> Iterator[bytes]:
     """``data`` in pieces of about ``size`` bytes, never splitting a CRLF."""
     start = 0
@@ -251,16 +116,6 @@ def _pieces(data: bytes, size: int = BIG) -> Iterator[bytes]:
             end += 1
         yield data[start:end]
         start = end
-
-
-async def _close(client: aiosmtplib.SMTP | None) -> None:
-    if client is None:
-        return
-    with contextlib.suppress(Exception):
-        if client.is_connected:
-            await client.quit()
-    with contextlib.suppress(Exception):
-        client.close()
 
 
 def _redact(error: DeliveryError) -> str:
@@ -274,7 +129,6 @@ def make_transport(app: App) -> Transport:
         transport = MaildirTransport(delivery.maildir_path)
         transport.prepare()
         return transport
-    use_fast_data_encoding()
     return SmtpTransport(
         delivery.relay,
         delivery.username,
@@ -576,7 +430,11 @@ class Deliverer:
             async with slots, (self._big if big else contextlib.nullcontext()):
                 ok = await self.deliver(copy)
         except Exception as exc:  # noqa: BLE001 - the worker must never die
-            log.error("delivery: unexpected %s", type(exc).__name__)
+            log.error("delivery: copy %s: unexpected %s at %s", copy.uid, type(exc).__name__,
+                      where(exc))
+            # deferred like a temporary failure: backed off, never retried in a tight loop
+            await self._record(self.failed, copy, DeliveryError(
+                f"unexpected {type(exc).__name__} at {where(exc)}", permanent=False))
             ok = False
         if ok:
             self._sent.append(copy)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 class CocMailError(Exception):
     """Base class of every error coc-mail raises on purpose."""
@@ -38,3 +40,12 @@ class DeliveryError(CocMailError):
 
 class TemplateProblem(CocMailError):
     """A Jinja template is missing, does not parse, or uses an undefined variable."""
+
+
+def where(exc: BaseException) -> str:
+    """Where an exception was raised (file:line of the last frame) — never its message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"

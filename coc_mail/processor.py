@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import logging
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -29,6 +28,7 @@ from .app import App
 from .cases import Standing, open_standings, receiving_members, unused_code_name
 from .compose import ForwardBody, forward_head, one_line, text_message
 from .config import Member
+from .errors import where
 from .message import Incoming
 from .outbox import Outbox
 from .spool import Envelope
@@ -53,15 +53,6 @@ DIGEST_PENDING = "digest-pending"
 NOTICES_PER_HOUR = 3
 MEMBER_STATE = "coc-mail member state"
 DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
-
-
-def where(exc: BaseException) -> str:
-    """Where an exception was raised (file:line of the last frame) — never its message."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
 @dataclass

@@ -261,11 +261,19 @@ def by_recipient(copies: list[Copy]) -> dict[str, list[Copy]]:
 class Relay:
     """A capturing SMTP relay (aiosmtpd) that can be started and stopped on a fixed port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, pipelining: bool = False) -> None:
         self.port = port or free_port()
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.controller: Controller | None = None
         self.refuse: dict[str, str] = {}
+        self.pipelining = pipelining  # offer PIPELINING (aiosmtpd reads commands in order)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           options: Any) -> str:

@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from .helpers import ALIAS, Daemon, Relay, free_port, make_report, wait_for
 
 
@@ -219,8 +221,14 @@ def test_copies_that_stay_undeliverable_expire_and_the_operator_is_told(
         relay.stop()
 
 
-def test_relay_4xx_then_5xx_per_recipient(tmp_path: Path, sqlite_url: str) -> None:
-    relay = Relay().start()
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+def test_relay_4xx_then_5xx_per_recipient(
+    tmp_path: Path, sqlite_url: str, pipelining: bool
+) -> None:
+    """A refused RCPT defers (4xx) or drops (5xx) that copy alone, whether the commands went
+    one at a time or as one group (RFC 2920: the DATA that follows a refused RCPT in the
+    group is refused too, and the session stays in step)."""
+    relay = Relay(pipelining=pipelining).start()
     relay.refuse["linus@example.net"] = "450 4.2.0 Mailbox busy"
     d = Daemon(tmp_path, sqlite_url, relay=relay.url)
     d.start()

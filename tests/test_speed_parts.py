@@ -111,16 +111,19 @@ LINES = st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"\r", b"\n", b" "
 
 
 @settings(max_examples=400, deadline=None)
-@given(message=LINES)
-def test_fast_data_encoding_sends_what_aiosmtplib_would(message: bytes) -> None:
-    """The patched DATA encoding (line endings, then leading dots) is aiosmtplib's, byte for
-    byte, whatever the line endings."""
-    from coc_mail import delivery
+@given(message=LINES, cut=st.integers(min_value=0, max_value=40))
+def test_data_encoding_sends_what_aiosmtplib_would(message: bytes, cut: int) -> None:
+    """coc-mail's DATA encoding (line endings, then leading dots, then the end marker) is
+    aiosmtplib's, byte for byte, whatever the line endings, and whether the message comes
+    whole or in parts."""
+    import aiosmtplib.protocol
 
-    original = delivery._ORIGINAL_PERIOD.sub(
-        b"..", delivery._ORIGINAL_NORMALIZE(message))
-    fast = delivery._LeadingDots.sub(b"..", delivery._normalized(message))
-    assert fast == original
+    from coc_mail.relay import encode_data
+
+    original = aiosmtplib.protocol.PERIOD_REGEX.sub(
+        b"..", aiosmtplib.protocol.normalize_message_line_endings(message)) + b".\r\n"
+    assert b"".join(encode_data([message])) == original
+    assert b"".join(encode_data([message[:cut], message[cut:]])) == original
 
 
 def test_data_reader_unstuffs_dots_and_refuses_long_lines_then_carries_on(

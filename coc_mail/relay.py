@@ -1,0 +1,310 @@
+"""Relay sessions: aiosmtplib opens them (TLS, AUTH); mail transactions are pipelined.
+
+aiosmtplib does what is worth a library (STARTTLS, implicit TLS, AUTH, EHLO), then hands the
+connection over. From there :class:`Replies` reads the relay's replies in order however the
+segments split or join them (aiosmtplib's protocol keeps one reply at a time, so it cannot
+pipeline), and a copy's MAIL, RCPT and DATA go out as one group when the relay offers
+PIPELINING (RFC 2920), the way Postfix's smtp(8) sends: two round trips a copy instead of
+four. Without PIPELINING the commands go one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import NamedTuple, cast
+from urllib.parse import urlsplit
+
+import aiosmtplib
+import aiosmtplib.protocol
+from aiosmtplib.email import quote_address
+
+from .errors import DeliveryError
+
+MAX_LINE = 8192  # a longer reply line ends the session (RFC 5321 4.5.3.1.5 says 512)
+MAX_LINES = 200  # lines of one multi-line reply
+_PLAIN_ADDRESS = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < or >
+
+
+class Reply(NamedTuple):
+    """One SMTP reply: its code and its text (lines joined by newlines)."""
+
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class Lost(DeliveryError):
+    """The connection ended or broke (a temporary failure)."""
+
+    content_sent = False  # set when the message had gone out: never sent again at once
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"relay: {why}", permanent=False)
+
+
+class Replies(asyncio.Protocol):
+    """Reads a relay's replies, in order, into the futures :meth:`expect` handed out."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.buffer = bytearray()
+        self.lines: list[bytes] = []
+        self.waiting: deque[asyncio.Future[Reply]] = deque()
+        self.error: Lost | None = None
+
+    def expect(self, count: int) -> list[asyncio.Future[Reply]]:
+        """Futures for the next ``count`` replies (ask before writing the commands)."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(count)]
+        for future in futures:
+            if self.error is not None:
+                _fail(future, self.error)
+            else:
+                self.waiting.append(future)
+        return futures
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\n")) != -1:
+            line = bytes(self.buffer[:end + 1])
+            del self.buffer[:end + 1]
+            if len(line) > MAX_LINE or not line[:3].isdigit():
+                self.close(Lost("malformed reply"))
+                return
+            self.lines.append(line)
+            if line[3:4] == b"-" and len(self.lines) < MAX_LINES:
+                continue
+            text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in self.lines)
+            reply, self.lines = Reply(int(line[:3]), text), []
+            if not self.waiting:  # a reply to nothing (421 before a close): session over
+                self.close(Lost(f"unexpected reply {reply.code}"))
+                return
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(reply)
+        if len(self.buffer) > MAX_LINE:
+            self.close(Lost("malformed reply"))
+
+    def eof_received(self) -> bool:
+        self.close(Lost("the relay closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(Lost("connection lost"))
+
+    def close(self, error: Lost) -> None:
+        """End the session: every reply still awaited fails with ``error``."""
+        if self.error is None:
+            self.error = error
+        while self.waiting:
+            _fail(self.waiting.popleft(), self.error)
+        self.transport.abort()
+
+
+def _fail(future: asyncio.Future[Reply], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+        future.exception()  # retrieved: nobody may await it any more
+
+
+def _line_endings(message: bytes) -> bytes:
+    """aiosmtplib's line-ending normalisation (every line ends CRLF, and so does the
+    message), without its regex when the message is CRLF throughout already."""
+    pairs = message.count(b"\r\n")
+    if message.count(b"\n") == pairs and message.count(b"\r") == pairs:
+        return message if message.endswith(b"\r\n") else message + b"\r\n"
+    return aiosmtplib.protocol.normalize_message_line_endings(message)
+
+
+def _stuff_dots(message: bytes) -> bytes:
+    """Transparency (RFC 5321 4.5.2): a dot that starts a line is doubled; aiosmtplib's
+    ``(?m)^\\.`` substitution as ``bytes.replace`` (a line starts at the start or after LF)."""
+    stuffed = message.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
+def encode_data(parts: Sequence[bytes]) -> list[bytes]:
+    """The DATA payload of a message given in parts, end marker included. Parts that each end
+    with CRLF are encoded one by one (a 25 MiB copy is never joined); otherwise the join."""
+    filled = [p for p in parts if p]
+    if filled and all(p.endswith(b"\r\n") for p in filled[:-1]):
+        return [_stuff_dots(_line_endings(p)) for p in filled] + [b".\r\n"]
+    return [_stuff_dots(_line_endings(b"".join(parts))), b".\r\n"]
+
+
+def _address(address: str, utf8: bool) -> bytes:
+    """An address as MAIL and RCPT carry it: plain ASCII as is (parsing our own bounce
+    address and members' addresses for every copy cost more than the dialogue); anything
+    else through aiosmtplib's parser and quoting."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return b"<" + address.encode("ascii") + b">"
+    try:
+        quoted = quote_address(address)
+    except ValueError:
+        raise DeliveryError("the address cannot be written on an SMTP line",
+                            permanent=True) from None
+    if quoted.isascii():
+        return quoted.encode("ascii")
+    if not utf8:  # as Postfix says it (RFC 6531: the relay must offer SMTPUTF8)
+        raise DeliveryError("SMTPUTF8 is required, but was not offered by the relay",
+                            permanent=True)
+    return quoted.encode("utf-8")
+
+
+def _refusal(reply: Reply) -> DeliveryError:
+    return DeliveryError(str(reply), permanent=500 <= reply.code < 600)
+
+
+class RelaySession:
+    """One open connection to the relay, taken over from aiosmtplib after EHLO/TLS/AUTH."""
+
+    def __init__(self, client: aiosmtplib.SMTP, timeout: float) -> None:
+        if client.transport is None:
+            raise Lost("connection lost")
+        transport = cast(asyncio.Transport, client.transport)  # uvloop's is not a subclass
+        self.pipelining = client.supports_extension("pipelining")
+        self.smtputf8 = client.supports_extension("smtputf8")
+        self.timeout = timeout
+        self.replies = Replies(transport)
+        transport.set_protocol(self.replies)
+        client.transport = client.protocol = None  # ours now; aiosmtplib lets go
+
+    @property
+    def usable(self) -> bool:
+        return self.replies.error is None and not self.replies.transport.is_closing()
+
+    async def _wait(self, futures: list[asyncio.Future[Reply]]) -> list[Reply]:
+        timer = asyncio.get_running_loop().call_later(
+            self.timeout, self.replies.close, Lost("timed out waiting for the relay"))
+        try:
+            return [await f for f in futures]
+        finally:
+            timer.cancel()
+
+    async def _commands(self, *commands: bytes) -> list[Reply]:
+        futures = self.replies.expect(len(commands))
+        self.replies.transport.write(b"".join(c + b"\r\n" for c in commands))
+        return await self._wait(futures)
+
+    async def send(self, sender: str, recipient: str, parts: Sequence[bytes]) -> None:
+        """One mail transaction. Raises :class:`DeliveryError` (a :class:`Lost` when the
+        connection broke)."""
+        utf8 = not (sender.isascii() and recipient.isascii())
+        mail = b"MAIL FROM:" + _address(sender, self.smtputf8) + (b" SMTPUTF8" if utf8 else b"")
+        rcpt = b"RCPT TO:" + _address(recipient, self.smtputf8)
+        if self.pipelining:
+            replies = await self._commands(mail, rcpt, b"DATA")
+        else:
+            replies = []
+            for command, wanted in ((mail, (250,)), (rcpt, (250, 251)), (b"DATA", (354,))):
+                replies += await self._commands(command)
+                if replies[-1].code not in wanted:
+                    raise _refusal(replies[-1])
+        failed = next((r for r, wanted in zip(replies, ((250,), (250, 251)), strict=False)
+                       if r.code not in wanted), None)
+        if replies[2].code == 354 and failed is not None:
+            # RFC 2920 3.1: DATA accepted without a recipient: an empty message ends it
+            await self._commands(b".")
+        if failed is not None or replies[2].code != 354:
+            raise _refusal(failed or replies[2])
+        futures = self.replies.expect(1)
+        self.replies.transport.writelines(encode_data(parts))
+        try:
+            (final,) = await self._wait(futures)
+        except Lost as lost:
+            lost.content_sent = True
+            raise
+        if final.code != 250:
+            raise _refusal(final)
+
+    def close(self) -> None:
+        """QUIT without waiting for the answer, then close (buffered writes go first)."""
+        transport = self.replies.transport
+        if self.usable:
+            with contextlib.suppress(Exception):
+                transport.write(b"QUIT\r\n")
+        self.replies.error = self.replies.error or Lost("closed")
+        transport.close()
+
+
+class SmtpTransport:
+    """Delivers through an SMTP relay: ``smtp://`` (STARTTLS when offered, or required with
+    ``delivery.require_tls``) or ``smtps://`` (TLS from the start), AUTH when configured.
+    Connections are kept open and reused (at most ``pool`` idle ones), as Postfix's
+    connection cache does; a reused connection found closed is replaced once."""
+
+    def __init__(
+        self,
+        url: str,
+        username: str | None,
+        password: str | None,
+        require_tls: bool,
+        timeout: float,
+        ca_file: str | None = None,
+        pool: int = 4,
+    ) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or ""
+        self.implicit = parts.scheme == "smtps"
+        self.port = parts.port or (465 if self.implicit else 25)
+        self.username, self.password = username, password
+        self.require_tls, self.timeout = require_tls, timeout
+        self.context = ssl.create_default_context(cafile=ca_file)  # built once: it is costly
+        self.pool = pool
+        self.idle: list[RelaySession] = []
+
+    async def _connect(self) -> RelaySession:
+        client = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, use_tls=self.implicit,
+            start_tls=True if self.require_tls else None, tls_context=self.context,
+            timeout=self.timeout,
+        )
+        try:
+            await client.connect()
+            if self.username:
+                await client.login(self.username, self.password or "")
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise DeliveryError(f"{exc.code} {exc.message}",
+                                permanent=500 <= exc.code < 600) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise DeliveryError(f"relay: {type(exc).__name__}: {exc}", permanent=False) from None
+        return RelaySession(client, self.timeout)
+
+    async def send(
+        self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
+    ) -> None:
+        session = None
+        while self.idle and session is None:
+            candidate = self.idle.pop()
+            if candidate.usable:
+                session = candidate
+        reused = session is not None
+        try:
+            try:
+                if session is None:
+                    session = await self._connect()
+                await session.send(envelope_from, recipient, parts)
+            except Lost as lost:
+                if not reused or lost.content_sent:
+                    raise
+                session = await self._connect()  # the relay had closed an idle connection
+                await session.send(envelope_from, recipient, parts)
+        except DeliveryError:
+            if session is not None:
+                session.close()
+            raise
+        if len(self.idle) < self.pool:
+            self.idle.append(session)
+        else:
+            session.close()
