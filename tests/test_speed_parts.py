@@ -23,7 +23,7 @@ from coc_mail import dkim as our_dkim
 from .helpers import Daemon, make_report, wire
 
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
-PIECES = st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"xyz"]),
+PIECES = st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"xyz", b"a b"]),
                   max_size=60).map(b"".join)
 
 
