@@ -40,24 +40,33 @@ class Standing(StrEnum):
 RECEIVING = {Standing.NOTIFIED, Standing.CLEARED}
 
 CODE_NAME_TRIES = 20
-
-
+CODE_NAME_BATCH = 32  # candidates checked at once: the processor's batch size
+FREE_NAMES = "coc_mail.free_code_names"  # session.info key: names checked free, not used yet
 CODE_NAMES = CodeName.__table__  # type: ignore[attr-defined]
 
 
 def unused_code_name(session: Session) -> str:
     """A fresh code name not used by any case so far (the unique constraint backs this up).
-    Core statements: a new case is the processor's commonest work under a flood."""
+
+    Candidates are checked a batch at a time, in one query, and kept for the rest of the
+    session's transaction; the one taken is recorded in code_names at once. Core statements:
+    a new case is the processor's commonest work under a flood.
+    """
+    free: list[str] = session.info.setdefault(FREE_NAMES, [])
     conn = session.connection()
     for _ in range(CODE_NAME_TRIES):
-        code_name = new_code_name()
-        taken = conn.execute(  # every case's name is in code_names
-            select(CODE_NAMES.c.name).where(CODE_NAMES.c.name == code_name)
-        ).first()
-        if taken is None:
+        if not free:
+            drawn = {new_code_name() for _ in range(CODE_NAME_BATCH)}
+            taken = set(conn.execute(  # every case's name is in code_names
+                select(CODE_NAMES.c.name).where(CODE_NAMES.c.name.in_(drawn))
+            ).scalars())
+            if taken:
+                log.info("code name collision, drawing another")
+            free.extend(sorted(drawn - taken))
+        if free:
+            code_name = free.pop()
             conn.execute(insert(CODE_NAMES).values(name=code_name))
             return code_name
-        log.info("code name collision, drawing another")
     raise RuntimeError("could not draw an unused code name")
 
 

@@ -83,14 +83,23 @@ class Outbox:
         keys = self.app.keys
         now = utcnow()
         conn = session.connection()  # Core from here: no ORM bookkeeping for queue rows
-        body_ids = []
-        for sealed in self.bodies:
-            body_id = conn.execute(
-                insert(BODIES).values(content=deferred_blob(session, sealed), created_at=now)
-                .returning(BODIES.c.id)
-            ).scalar_one()
-            fill_blob(session, "bodies", "content", body_id, sealed)
-            body_ids.append(body_id)
+        values = [deferred_blob(session, sealed) for sealed in self.bodies]
+        whole = [i for i, v in enumerate(values) if isinstance(v, bytes | bytearray)]
+        body_ids = [0] * len(values)
+        if whole:  # one statement for all the bodies bound whole, ids in order
+            inserted = conn.execute(
+                insert(BODIES).returning(BODIES.c.id, sort_by_parameter_order=True),
+                [{"content": values[i], "created_at": now} for i in whole],
+            ).scalars().all()
+            for i, body_id in zip(whole, inserted, strict=True):
+                body_ids[i] = body_id
+        for i, sealed in enumerate(self.bodies):
+            if not body_ids[i]:  # a big body: a zero blob, then filled in pieces
+                body_ids[i] = conn.execute(
+                    insert(BODIES).values(content=values[i], created_at=now)
+                    .returning(BODIES.c.id)
+                ).scalar_one()
+                fill_blob(session, "bodies", "content", body_ids[i], sealed)
         copies, queued = [], []
         for p in self.pending:
             case_id = p.case.id if p.case is not None else None

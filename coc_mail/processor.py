@@ -136,11 +136,11 @@ class Processor:
             size += length
         return ids
 
-    def _unit(self, session: Session, row: Queued) -> Unit:
+    def _unit(self, session: Session, row: Queued, outbox: Outbox) -> Unit:
         envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
         content = self.app.keys.open(row.content, "inbound.content")
         row.content = b""  # the sealed copy is not needed any more (a big report: 1x less)
-        return Unit(self.app, session, Incoming(envelope, content), Outbox(self.app))
+        return Unit(self.app, session, Incoming(envelope, content), outbox)
 
     @property
     def shared(self) -> bool:
@@ -184,13 +184,16 @@ class Processor:
     def _apply(self, main: Session, inq: Session, rows: list[Queued]) -> None:
         """Handle ``rows`` in one transaction of the main database and commit it; then take
         them off a separate incoming queue. Raises what a handler raises (nothing is kept)."""
-        units = [self._unit(main, row) for row in rows]
+        # One outbox for the batch: its copies go in with one statement per table. No message
+        # of the batch can refer to a copy another one queued: nobody has received it yet.
+        outbox = Outbox(self.app)
+        units = [self._unit(main, row, outbox) for row in rows]
         for unit in units:
             unit.verdict()  # the slow work, before the first write
         for unit in units:
             self.handle(unit)
-            unit.outbox.write(main)
             main.flush()  # the next message sees this one's changes
+        outbox.write(main)
         if self.shared:
             main.execute(delete(Inbound).where(col(Inbound.id).in_([r.id for r in rows])))
         else:
