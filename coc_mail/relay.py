@@ -189,6 +189,8 @@ class RelaySession:
             timer.cancel()
 
     async def _commands(self, *commands: bytes) -> list[Reply]:
+        if self.replies.error is not None:
+            raise self.replies.error
         futures = self.replies.expect(len(commands))
         self.replies.transport.write(b"".join(c + b"\r\n" for c in commands))
         return await self._wait(futures)

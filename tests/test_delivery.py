@@ -246,3 +246,24 @@ def test_relay_4xx_then_5xx_per_recipient(
     finally:
         d.stop()
         relay.stop()
+
+
+def test_pooled_connections_the_relay_closed_are_replaced(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Connections are kept open between copies; when the relay restarts (closing them), the
+    next copies go out on new connections at once, not after a deferral."""
+    relay = Relay(pipelining=True).start()
+    d = Daemon(tmp_path, sqlite_url, relay=relay.url)
+    d.start()
+    try:
+        d.send(make_report())
+        wait_for(lambda: len(relay.messages) == 4, 20, "the first report's copies")
+        relay.stop()
+        relay.start()  # same port: the pooled connections are closed
+        d.send(make_report(subject="Second"))
+        wait_for(lambda: len(relay.messages) == 8, 20, "the second report's copies")
+        assert "deferred" not in d.log_text()
+    finally:
+        d.stop()
+        relay.stop()
