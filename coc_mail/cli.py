@@ -120,7 +120,8 @@ def _check_relay(settings: Settings) -> list[str]:
             hostname=parts.hostname,
             port=parts.port or (465 if parts.scheme == "smtps" else 25),
             use_tls=parts.scheme == "smtps",
-            start_tls=True if delivery.require_tls else None,
+            start_tls=False if parts.scheme == "smtps" else (True if delivery.require_tls
+                                                             else None),
             tls_context=ssl.create_default_context(cafile=delivery.tls_ca_file),
             timeout=10,
         )

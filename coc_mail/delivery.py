@@ -53,6 +53,9 @@ class Transport(Protocol):
     ) -> None:
         """Deliver or raise."""
 
+    def close(self) -> None:
+        """Let go of open connections (shutdown)."""
+
 
 class MaildirTransport:
     """Delivers into one Maildir (an outbox), each file with ``Delivered-To``, like Postfix's
@@ -65,6 +68,9 @@ class MaildirTransport:
     def prepare(self) -> None:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        """Nothing is held open."""
 
     async def send(
         self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
@@ -137,7 +143,15 @@ def make_transport(app: App) -> Transport:
         delivery.timeout_seconds,
         delivery.tls_ca_file,
         pool=delivery.workers,
+        helo=_helo_name(app.settings.server.hostname),
     )
+
+
+def _helo_name(hostname: str) -> str:
+    """The EHLO name toward the relay: ``server.hostname`` when it is a domain name, else
+    this machine's (relays often refuse a dotless name such as the default ``localhost``);
+    looked up once, not for every connection."""
+    return hostname if "." in hostname else socket.getfqdn()
 
 
 @dataclass
@@ -480,6 +494,7 @@ class Deliverer:
         finally:
             renewer.cancel()
             recorder.cancel()
+            self.transport.close()
 
     async def _idle(self, poll: float) -> None:
         """Nothing due: wait for a wake-up, the next due copy, or ``poll`` seconds."""

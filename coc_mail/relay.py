@@ -26,7 +26,9 @@ from aiosmtplib.email import quote_address
 from .errors import DeliveryError
 
 MAX_LINE = 8192  # a longer reply line ends the session (RFC 5321 4.5.3.1.5 says 512)
-MAX_LINES = 200  # lines of one multi-line reply
+MAX_LINES = 200  # lines of one multi-line reply; more end the session
+DATA_DONE = 600.0  # seconds for the reply to the end of DATA (RFC 5321 4.5.3.2.6: 10 min)
+PIECE = 1 << 20  # message content is written a megabyte at a time, at the relay's pace
 _PLAIN_ADDRESS = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < or >
 
 
@@ -58,6 +60,8 @@ class Replies(asyncio.Protocol):
         self.lines: list[bytes] = []
         self.waiting: deque[asyncio.Future[Reply]] = deque()
         self.error: Lost | None = None
+        self.writable = asyncio.Event()  # cleared while the transport's buffer is full
+        self.writable.set()
 
     def expect(self, count: int) -> list[asyncio.Future[Reply]]:
         """Futures for the next ``count`` replies (ask before writing the commands)."""
@@ -79,7 +83,10 @@ class Replies(asyncio.Protocol):
                 self.close(Lost("malformed reply"))
                 return
             self.lines.append(line)
-            if line[3:4] == b"-" and len(self.lines) < MAX_LINES:
+            if line[3:4] == b"-":
+                if len(self.lines) >= MAX_LINES:  # never cut a reply short: out of step
+                    self.close(Lost("reply too long"))
+                    return
                 continue
             text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in self.lines)
             reply, self.lines = Reply(int(line[:3]), text), []
@@ -91,6 +98,12 @@ class Replies(asyncio.Protocol):
                 future.set_result(reply)
         if len(self.buffer) > MAX_LINE:
             self.close(Lost("malformed reply"))
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
 
     def eof_received(self) -> bool:
         self.close(Lost("the relay closed the connection"))
@@ -105,6 +118,7 @@ class Replies(asyncio.Protocol):
             self.error = error
         while self.waiting:
             _fail(self.waiting.popleft(), self.error)
+        self.writable.set()  # a writer waiting for room sees the error
         self.transport.abort()
 
 
@@ -159,6 +173,10 @@ def _address(address: str, utf8: bool) -> bytes:
 
 
 def _refusal(reply: Reply) -> DeliveryError:
+    """The error for a refusing reply; 421 (the relay is closing the session) is a
+    :class:`Lost`, so a reused connection is replaced at once."""
+    if reply.code == 421:
+        return Lost(str(reply))
     return DeliveryError(str(reply), permanent=500 <= reply.code < 600)
 
 
@@ -171,6 +189,7 @@ class RelaySession:
         transport = cast(asyncio.Transport, client.transport)  # uvloop's is not a subclass
         self.pipelining = client.supports_extension("pipelining")
         self.smtputf8 = client.supports_extension("smtputf8")
+        self.eightbit = client.supports_extension("8bitmime")
         self.timeout = timeout
         self.replies = Replies(transport)
         transport.set_protocol(self.replies)
@@ -180,27 +199,33 @@ class RelaySession:
     def usable(self) -> bool:
         return self.replies.error is None and not self.replies.transport.is_closing()
 
-    async def _wait(self, futures: list[asyncio.Future[Reply]]) -> list[Reply]:
+    async def _wait(
+        self, futures: list[asyncio.Future[Reply]], timeout: float | None = None
+    ) -> list[Reply]:
         timer = asyncio.get_running_loop().call_later(
-            self.timeout, self.replies.close, Lost("timed out waiting for the relay"))
+            timeout or self.timeout, self.replies.close, Lost("timed out waiting for the relay"))
         try:
             return [await f for f in futures]
         finally:
             timer.cancel()
 
     async def _commands(self, *commands: bytes) -> list[Reply]:
-        if self.replies.error is not None:
-            raise self.replies.error
+        if not self.usable:
+            raise self.replies.error or Lost("connection lost")
         futures = self.replies.expect(len(commands))
         self.replies.transport.write(b"".join(c + b"\r\n" for c in commands))
         return await self._wait(futures)
 
     async def send(self, sender: str, recipient: str, parts: Sequence[bytes]) -> None:
         """One mail transaction. Raises :class:`DeliveryError` (a :class:`Lost` when the
-        connection broke)."""
-        utf8 = not (sender.isascii() and recipient.isascii())
-        mail = b"MAIL FROM:" + _address(sender, self.smtputf8) + (b" SMTPUTF8" if utf8 else b"")
-        rcpt = b"RCPT TO:" + _address(recipient, self.smtputf8)
+        connection broke or the relay closes it: a 421)."""
+        from_, to = _address(sender, self.smtputf8), _address(recipient, self.smtputf8)
+        mail = b"MAIL FROM:" + from_
+        if not (from_.isascii() and to.isascii()):
+            mail += b" SMTPUTF8"
+        if self.eightbit and not all(p.isascii() for p in parts):
+            mail += b" BODY=8BITMIME"  # RFC 6152; a relay without it gets the bytes as they are
+        rcpt = b"RCPT TO:" + to
         if self.pipelining:
             replies = await self._commands(mail, rcpt, b"DATA")
         else:
@@ -212,19 +237,43 @@ class RelaySession:
         failed = next((r for r, wanted in zip(replies, ((250,), (250, 251)), strict=False)
                        if r.code not in wanted), None)
         if replies[2].code == 354 and failed is not None:
-            # RFC 2920 3.1: DATA accepted without a recipient: an empty message ends it
-            await self._commands(b".")
+            # RFC 2920 3.1: DATA accepted without a recipient: an empty message ends it (its
+            # answer does not matter: the refusal above is what is reported)
+            with contextlib.suppress(Lost):
+                await self._commands(b".")
         if failed is not None or replies[2].code != 354:
             raise _refusal(failed or replies[2])
         futures = self.replies.expect(1)
-        self.replies.transport.writelines(encode_data(parts))
         try:
-            (final,) = await self._wait(futures)
+            await self._write(encode_data(parts))
+            (final,) = await self._wait(futures, max(self.timeout, DATA_DONE))
         except Lost as lost:
             lost.content_sent = True
             raise
         if final.code != 250:
-            raise _refusal(final)
+            refusal = _refusal(final)
+            if isinstance(refusal, Lost):
+                refusal.content_sent = True
+            raise refusal
+
+    async def _write(self, payload: list[bytes]) -> None:
+        """Write the message content; a big one a megabyte at a time, waiting for room in the
+        transport's buffer (at most ``timeout`` seconds without progress)."""
+        transport = self.replies.transport
+        if sum(len(p) for p in payload) < PIECE:
+            transport.writelines(payload)
+            return
+        for part in payload:
+            view = memoryview(part)
+            for start in range(0, len(view), PIECE):
+                if not self.replies.writable.is_set():
+                    try:
+                        await asyncio.wait_for(self.replies.writable.wait(), self.timeout)
+                    except TimeoutError:
+                        self.replies.close(Lost("timed out sending to the relay"))
+                if not self.usable:
+                    raise self.replies.error or Lost("connection lost")
+                transport.write(view[start:start + PIECE])
 
     def close(self) -> None:
         """QUIT without waiting for the answer, then close (buffered writes go first)."""
@@ -240,7 +289,12 @@ class SmtpTransport:
     """Delivers through an SMTP relay: ``smtp://`` (STARTTLS when offered, or required with
     ``delivery.require_tls``) or ``smtps://`` (TLS from the start), AUTH when configured.
     Connections are kept open and reused (at most ``pool`` idle ones), as Postfix's
-    connection cache does; a reused connection found closed is replaced once."""
+    connection cache does; a reused connection found closed is replaced once.
+
+    Trouble opening a session (a refused greeting, STARTTLS or EHLO, a failed login) is
+    temporary whatever its code, as Postfix treats it: it is about the relay, not the copy,
+    and must never drop the queue (a rotated relay password would otherwise delete it all).
+    """
 
     def __init__(
         self,
@@ -251,6 +305,7 @@ class SmtpTransport:
         timeout: float,
         ca_file: str | None = None,
         pool: int = 4,
+        helo: str | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or ""
@@ -260,28 +315,31 @@ class SmtpTransport:
         self.require_tls, self.timeout = require_tls, timeout
         self.context = ssl.create_default_context(cafile=ca_file)  # built once: it is costly
         self.pool = pool
+        self.helo = helo  # the EHLO name (else aiosmtplib asks getfqdn() for every connection)
         self.idle: list[RelaySession] = []
 
     async def _connect(self) -> RelaySession:
-        client = aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, use_tls=self.implicit,
-            start_tls=True if self.require_tls else None, tls_context=self.context,
-            timeout=self.timeout,
-        )
+        client: aiosmtplib.SMTP | None = None
         try:
+            client = aiosmtplib.SMTP(
+                hostname=self.host, port=self.port, use_tls=self.implicit,
+                # smtps:// is TLS already; smtp:// takes STARTTLS when offered, or requires it
+                start_tls=False if self.implicit else (True if self.require_tls else None),
+                tls_context=self.context, timeout=self.timeout, local_hostname=self.helo,
+            )
             await client.connect()
             if self.username:
                 await client.login(self.username, self.password or "")
             if client.is_ehlo_or_helo_needed:
                 await client.ehlo()
+            return RelaySession(client, self.timeout)
         except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            raise DeliveryError(f"{exc.code} {exc.message}",
-                                permanent=500 <= exc.code < 600) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
+            raise DeliveryError(f"relay: {exc.code} {exc.message}", permanent=False) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
             raise DeliveryError(f"relay: {type(exc).__name__}: {exc}", permanent=False) from None
-        return RelaySession(client, self.timeout)
+        finally:
+            if client is not None and client.transport is not None:  # not handed over
+                client.close()
 
     async def send(
         self, uid: str, envelope_from: str, recipient: str, parts: Sequence[bytes]
@@ -291,6 +349,8 @@ class SmtpTransport:
             candidate = self.idle.pop()
             if candidate.usable:
                 session = candidate
+            else:
+                candidate.close()
         reused = session is not None
         try:
             try:
@@ -300,9 +360,12 @@ class SmtpTransport:
             except Lost as lost:
                 if not reused or lost.content_sent:
                     raise
-                session = await self._connect()  # the relay had closed an idle connection
+                assert session is not None
+                session.close()  # the relay had closed (or is closing) an idle connection
+                session = None
+                session = await self._connect()
                 await session.send(envelope_from, recipient, parts)
-        except DeliveryError:
+        except BaseException:  # refused, broken, or cancelled at shutdown: never pooled
             if session is not None:
                 session.close()
             raise
@@ -310,3 +373,8 @@ class SmtpTransport:
             self.idle.append(session)
         else:
             session.close()
+
+    def close(self) -> None:
+        """Say QUIT on the idle connections (shutdown)."""
+        while self.idle:
+            self.idle.pop().close()
