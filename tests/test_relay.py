@@ -175,3 +175,17 @@ def test_a_refused_login_is_a_temporary_failure() -> None:
         server.run(("b@example.org", "m@example.net", COPY), login="coc")
     assert not refused.value.permanent and "535" in str(refused.value)
     assert server.delivered == 0
+
+
+def test_a_big_copy_goes_out_in_pieces_unaltered() -> None:
+    """A copy over a megabyte is written a piece at a time at the relay's pace; what the relay
+    reads back (dots unstuffed) is the copy, byte for byte."""
+    relay = Captured(pipelining=True).start()
+    body = b"".join(b"%s line %d of the evidence\r\n" % (b"." if i % 7 == 0 else b"", i)
+                    for i in range(120_000))  # about 3 MiB, every 7th line starts with a dot
+    try:
+        send(plain(relay.port), ("b@example.org", "m@example.net", [COPY[0], body]))
+    finally:
+        relay.stop()
+    assert len(body) > 3 << 20
+    assert [content for _, _, content in relay.messages] == [COPY[0] + body]
