@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,29 +110,13 @@ def _check_relay(settings: Settings) -> list[str]:
         return []
     from urllib.parse import urlsplit
 
-    import aiosmtplib
+    from .relay import SmtpTransport
 
-    parts = urlsplit(delivery.relay)
-
-    async def probe() -> None:
-        client = aiosmtplib.SMTP(
-            hostname=parts.hostname,
-            port=parts.port or (465 if parts.scheme == "smtps" else 25),
-            use_tls=parts.scheme == "smtps",
-            start_tls=False if parts.scheme == "smtps" else (True if delivery.require_tls
-                                                             else None),
-            tls_context=ssl.create_default_context(cafile=delivery.tls_ca_file),
-            timeout=10,
-        )
-        await client.connect()
-        if delivery.username:
-            await client.login(delivery.username, delivery.password() or "")
-        await client.quit()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001
-        return [f"delivery.relay {parts.hostname}:{parts.port}: not reachable ({exc})"]
+    try:  # the delivery workers' own session set-up (a bad CA file fails here too)
+        asyncio.run(SmtpTransport.from_settings(settings, timeout=10).probe())
+    except Exception as exc:  # noqa: BLE001 - any failure is what check reports
+        where = urlsplit(delivery.relay).netloc
+        return [f"delivery.relay {where}: not reachable ({exc})"]
     return []
 
 

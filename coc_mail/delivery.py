@@ -135,23 +135,7 @@ def make_transport(app: App) -> Transport:
         transport = MaildirTransport(delivery.maildir_path)
         transport.prepare()
         return transport
-    return SmtpTransport(
-        delivery.relay,
-        delivery.username,
-        delivery.password(),
-        delivery.require_tls,
-        delivery.timeout_seconds,
-        delivery.tls_ca_file,
-        pool=delivery.workers,
-        helo=_helo_name(app.settings.server.hostname),
-    )
-
-
-def _helo_name(hostname: str) -> str:
-    """The EHLO name toward the relay: ``server.hostname`` when it is a domain name, else
-    this machine's (relays often refuse a dotless name such as the default ``localhost``);
-    looked up once, not for every connection."""
-    return hostname if "." in hostname else socket.getfqdn()
+    return SmtpTransport.from_settings(app.settings)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -23,12 +24,13 @@ import aiosmtplib
 import aiosmtplib.protocol
 from aiosmtplib.email import quote_address
 
+from .config import Settings
+from .crypto import BIG  # big content is written a piece of this size at a time
 from .errors import DeliveryError
 
 MAX_LINE = 8192  # a longer reply line ends the session (RFC 5321 4.5.3.1.5 says 512)
 MAX_LINES = 200  # lines of one multi-line reply; more end the session
 DATA_DONE = 600.0  # seconds for the reply to the end of DATA (RFC 5321 4.5.3.2.6: 10 min)
-PIECE = 1 << 20  # message content is written a megabyte at a time, at the relay's pace
 _PLAIN_ADDRESS = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < or >
 
 
@@ -260,12 +262,12 @@ class RelaySession:
         """Write the message content; a big one a megabyte at a time, waiting for room in the
         transport's buffer (at most ``timeout`` seconds without progress)."""
         transport = self.replies.transport
-        if sum(len(p) for p in payload) < PIECE:
+        if sum(len(p) for p in payload) < BIG:
             transport.writelines(payload)
             return
         for part in payload:
             view = memoryview(part)
-            for start in range(0, len(view), PIECE):
+            for start in range(0, len(view), BIG):
                 if not self.replies.writable.is_set():
                     try:
                         await asyncio.wait_for(self.replies.writable.wait(), self.timeout)
@@ -273,7 +275,7 @@ class RelaySession:
                         self.replies.close(Lost("timed out sending to the relay"))
                 if not self.usable:
                     raise self.replies.error or Lost("connection lost")
-                transport.write(view[start:start + PIECE])
+                transport.write(view[start:start + BIG])
 
     def close(self) -> None:
         """QUIT without waiting for the answer, then close (buffered writes go first)."""
@@ -317,6 +319,22 @@ class SmtpTransport:
         self.pool = pool
         self.helo = helo  # the EHLO name (else aiosmtplib asks getfqdn() for every connection)
         self.idle: list[RelaySession] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout: float | None = None) -> SmtpTransport:
+        """The transport ``delivery.*`` describes. The EHLO name is ``server.hostname`` when
+        it is a domain name, else this machine's (relays often refuse a dotless name such as
+        the default ``localhost``), looked up once."""
+        delivery, hostname = settings.delivery, settings.server.hostname
+        return cls(
+            delivery.relay, delivery.username, delivery.password(), delivery.require_tls,
+            timeout or delivery.timeout_seconds, delivery.tls_ca_file, pool=delivery.workers,
+            helo=hostname if "." in hostname else socket.getfqdn(),
+        )
+
+    async def probe(self) -> None:
+        """Open a session (TLS, AUTH, EHLO) and close it; raises :class:`DeliveryError`."""
+        (await self._connect()).close()
 
     async def _connect(self) -> RelaySession:
         client: aiosmtplib.SMTP | None = None
