@@ -32,7 +32,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("a full disk is simulated with a tmpfs mount, which needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    # 16 MiB: the daemon's two SQLite files and their WAL journals fit with room to spare
+    # (at 4 MiB they could fill it before the test did, and the filler could not be created)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
@@ -49,13 +51,13 @@ def test_full_disk_gives_452_and_recovers(tmp_path: Path, small_disk: Path) -> N
         assert try_send(d, "before") == 250
         d.wait_delivered(4)
         filler = small_disk / "filler"
-        with filler.open("wb") as fh:  # fill the disk, leaving a little room
-            try:
+        try:  # fill the disk
+            with filler.open("wb") as fh:
                 while True:
                     fh.write(b"\0" * 65536)
                     fh.flush()
-            except OSError:
-                pass
+        except OSError:
+            pass
         codes = [try_send(d, f"full {i}") for i in range(5)]
         assert 452 in codes, codes
         assert all(c in (250, 452) for c in codes), codes
