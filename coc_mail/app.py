@@ -56,7 +56,8 @@ def build(settings: Settings, *, create_keys: bool = False, migrate: bool = True
     pem = dkim.load_key(key_path)
     engine = store.make_engine(settings.database_url)
     if migrate:
-        store.migrate(engine)
+        store.check_key(engine, keys, before_migrations=True)
+        store.migrate(engine, keys)
     else:
         store.check_schema(engine)
     store.check_key(engine, keys)

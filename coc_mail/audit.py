@@ -39,7 +39,7 @@ def record(
         "code_name": code_name,
         "at": at,
         "actor": keys.seal_text(actor, "audit_log.actor"),
-        "action": action[:200],
+        "action": keys.seal_text(action[:200], "audit_log.action"),
         "prev_hash": prev,
         "hash": _digest(prev, code_name, at.isoformat(), actor, action[:200]),
     }
@@ -69,10 +69,11 @@ def verify(keys: Keyring, session: Session, code_name: str) -> tuple[list[Line],
         select(AuditEntry).where(AuditEntry.code_name == code_name).order_by(col(AuditEntry.id))
     ):
         actor = keys.open_text(entry.actor, "audit_log.actor")
+        action = keys.open_text(entry.action, "audit_log.action")
         at = entry.at.replace(microsecond=0)
-        expected = _digest(prev, code_name, at.isoformat(), actor, entry.action)
+        expected = _digest(prev, code_name, at.isoformat(), actor, action)
         ok = entry.prev_hash == prev and entry.hash == expected
         intact = intact and ok
-        lines.append(Line(f"{at:%Y-%m-%d %H:%M:%S}", actor, entry.action, ok))
+        lines.append(Line(f"{at:%Y-%m-%d %H:%M:%S}", actor, action, ok))
         prev = entry.hash
     return lines, intact

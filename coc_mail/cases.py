@@ -39,6 +39,7 @@ class Standing(StrEnum):
 # Who receives case mail in each status.
 RECEIVING = {Standing.NOTIFIED, Standing.CLEARED}
 
+STATE = "case_members.state"  # the sealed column's context
 CODE_NAME_TRIES = 20
 CODE_NAME_BATCH = 32  # candidates checked at once: the processor's batch size
 FREE_NAMES = "coc_mail.free_code_names"  # session.info key: names checked free, not used yet
@@ -83,10 +84,11 @@ def set_standing(app: App, session: Session, case: Case, handle: str, standing: 
          if isinstance(o, CaseMember) and o.case_id == case.id and o.member_tag == tag),
         None,
     ) or session.get(CaseMember, (case.id, tag))
+    sealed = app.keys.seal_text(standing, STATE)
     if row is None:
-        session.add(CaseMember(case_id=case.id, member_tag=tag, state=standing))
+        session.add(CaseMember(case_id=case.id, member_tag=tag, state=sealed))
     else:
-        row.state = standing
+        row.state = sealed
         row.updated_at = utcnow()
         session.add(row)
 
@@ -96,7 +98,8 @@ def open_standings(app: App, session: Session, case: Case, of: dict[str, Standin
     assert case.id is not None
     now = utcnow()
     rows = [
-        {"case_id": case.id, "member_tag": member_tag(app, handle), "state": standing,
+        {"case_id": case.id, "member_tag": member_tag(app, handle),
+         "state": app.keys.seal_text(standing, STATE),
          "updated_at": now, "reminded": False}
         for handle, standing in of.items()
     ]
@@ -113,9 +116,10 @@ def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:
     for o in session.new:  # changes of this unit not yet flushed
         if isinstance(o, CaseMember) and o.case_id == case.id:
             rows[o.member_tag] = o.state
+    opened = {tag: app.keys.open_text(state, STATE) for tag, state in rows.items()}
     result: dict[str, Standing] = {}
     for member in app.settings.members:
-        state = rows.get(member_tag(app, member.handle))
+        state = opened.get(member_tag(app, member.handle))
         if state is not None:
             result[member.handle] = Standing(state)
     return result

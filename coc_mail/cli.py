@@ -1,4 +1,5 @@
-"""The ``coc-mail`` command line: serve, check, dkim, cases, queue, reload."""
+"""The ``coc-mail`` command line: serve, check, dkim, cases, queue, reload, status, case show,
+discard, purge, audit."""
 
 from __future__ import annotations
 
@@ -263,6 +264,31 @@ def cmd_case_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_discard(args: argparse.Namespace) -> int:
+    from . import workflow
+    from .app import build
+    from .outbox import Outbox
+
+    settings = _settings(args)
+    app = build(settings, migrate=False)
+    with Session(app.engine) as session:
+        case = _case(session, args.code_name)
+        if case.status != "New":
+            raise CocMailError(
+                f"case {case.code_name!r} is {case.status}: only a New case (spam, misdirected "
+                "mail) can be discarded; a report stays (see cases.purge_after_days)"
+            )
+        outbox = Outbox(app)
+        asked = " a member asked and" if case.discard_by else ""
+        workflow.discard(app, session, outbox, case, "operator",
+                         f"{asked} an operator discarded it".strip())
+        told = outbox.write(session)
+        session.commit()
+    _signal(settings, signal.SIGUSR1, quiet=True)
+    print(f"case {args.code_name} discarded; {told} member(s) told")
+    return 0
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     from .app import build
     from .reminders import tick
@@ -375,6 +401,9 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--as", dest="as_member", required=True, metavar="MEMBER-EMAIL",
                       help="the member reading it; refused unless cleared for the case")
     show.set_defaults(func=cmd_case_show)
+    dc = add("discard", cmd_discard,
+             "delete a New case that is not a report (spam, misdirected mail); members told")
+    dc.add_argument("code_name", metavar="CODE-NAME", help='e.g. home-shelf or "home shelf"')
     add("purge", cmd_purge, "purge resolved documents older than cases.purge_after_days now")
     au = add("audit", cmd_audit, "print a case's audit log and verify its hash chain")
     au.add_argument("code_name", metavar="CODE-NAME")

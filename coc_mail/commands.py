@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import quotes
+
 # name -> (usage, one-line help). The order is the order of /help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "involves": ("/involves NAME", "name the reported person; starts the conflict check"),
@@ -34,7 +36,6 @@ CASE_ONLY = {
     "resolve", "reopen", "doc", "discard",
 }
 PLAIN_ANSWERS = {"no conflict": "noconflict", "noconflict": "noconflict", "conflict": "conflict"}
-_END_OF_BODY = re.compile(r"^(-- ?$|>|On .{4,200} wrote:\s*$|-{3,} ?Original Message)")
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,26 @@ class UnknownCommand(ValueError):
     """A line that starts with '/' but names no command."""
 
 
-def parse(text: str) -> Command | None:
+def parse(text: str | list[str], stop: int | None = None) -> Command | None:
     """The command in a member's message, or None when it is a post for the thread.
 
-    The first non-empty line decides: ``/name args`` is a command (unknown names raise
-    :class:`UnknownCommand`); a first line of just "no conflict" or "conflict" answers the
-    conflict check. The body is what follows, up to a signature or quoted text.
+    ``text`` is what a mail client shows of the message (see :func:`coc_mail.readable.body`),
+    as a string or as its lines; ``stop`` is where quoted mail or a signature begins (found
+    by :func:`coc_mail.quotes.first_quote` when not given). The first non-empty line before
+    it decides: ``/name args`` is a command (unknown names raise :class:`UnknownCommand`); a
+    first line of just "no conflict" or "conflict" answers the conflict check. The command's
+    body is the lines below it, up to ``stop``.
     """
-    lines = text.replace("\r\n", "\n").split("\n")
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
+    lines = text.replace("\r\n", "\n").split("\n") if isinstance(text, str) else list(text)
+    if stop is None:
+        stop = quotes.first_quote(lines)
+    written = lines[:stop]
+    while written and not written[0].strip():
+        written.pop(0)
+    if not written:
         return None
-    first = lines[0].strip()
-    rest: list[str] = []
-    for line in lines[1:]:
-        if _END_OF_BODY.match(line):
-            break
-        rest.append(line)
-    body = "\n".join(rest).strip("\n")
+    first = " ".join(written[0].split())
+    body = "\n".join(line.rstrip() for line in written[1:]).strip("\n")
     plain = re.sub(r"[.!\s]+$", "", first).strip().lower()
     if plain in PLAIN_ANSWERS:
         return Command(PLAIN_ANSWERS[plain], "", body)

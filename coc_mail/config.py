@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 import re
 import tomllib
@@ -113,6 +115,7 @@ class Server(_Section):
     pid_file: str = "var/coc-mail.pid"
     require_tls_for_members: bool = False
     workers: int = Field(default=0, ge=0, le=64)  # worker processes; 0: one per core (2-8)
+    max_data_memory_bytes: int = Field(default=268_435_456, gt=0)  # DATA held, all sessions
 
     @field_validator("listen")
     @classmethod
@@ -222,6 +225,33 @@ class Intake(_Section):
     reports_per_hour_before_digest: int = Field(default=10, ge=0)
     trusted_relays: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
 
+    @field_validator("trusted_relays")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
+        return value
+
+    def is_trusted(self, ip: str) -> bool:
+        """Is ``ip`` one of the MTAs in front of coc-mail (``trusted_relays``)?"""
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in _networks(tuple(self.trusted_relays)))
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(e, strict=False) for e in entries]
+
 
 class Cases(_Section):
     """``[cases]``: retention and reminders."""
@@ -231,6 +261,18 @@ class Cases(_Section):
     remind_unchecked_hours: float = Field(default=24, ge=0)
     remind_followup_days: float = Field(default=7, ge=0)
     check_interval_seconds: float = Field(default=60, gt=0)
+
+
+class Processing(_Section):
+    """``[processing]``: the budget of one message; over it, the message is set aside."""
+
+    max_parts: int = Field(default=1000, gt=0)
+    max_depth: int = Field(default=30, gt=0, le=60)
+    max_part_header_bytes: int = Field(default=65536, gt=0)
+    max_header_fields: int = Field(default=1000, gt=0)
+    max_parameters: int = Field(default=100, gt=0)
+    max_dkim_signed_headers: int = Field(default=100, gt=0)
+    max_cpu_seconds: float = Field(default=30.0, gt=0)
 
 
 class Templates(_Section):
@@ -250,6 +292,7 @@ class Settings(_Section):
     storage: Storage = Storage()
     intake: Intake = Intake()
     cases: Cases = Cases()
+    processing: Processing = Processing()
     templates: Templates = Templates()
     source: str = ""
 

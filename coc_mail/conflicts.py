@@ -11,18 +11,54 @@ from .config import Member, Settings
 
 
 def normalize_name(name: str) -> str:
-    """Compare names without case, accents or spacing differences ("José  Roe" == "jose roe")."""
+    """Compare names without case, accents, spacing or punctuation at the ends, and in either
+    order of "Last, First" ("José  Roe" == "jose roe" == "Roe, José")."""
     folded = unicodedata.normalize("NFKD", name)
     folded = "".join(c for c in folded if not unicodedata.combining(c))
+    folded = folded.strip(" \t\"'.,;:")
+    last, comma, first = folded.partition(",")
+    if comma and "," not in first and first.strip():
+        folded = f"{first} {last}"
     return re.sub(r"\s+", " ", folded).strip().casefold()
 
 
+_ATOM = r"[^\s<>()\[\]\"',;:]+"
+_ADDRESS = re.compile(rf"(?:mailto:)?({_ATOM}@{_ATOM}\.{_ATOM})", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone named by a member (``/involves``): a name, an address, or both, as written
+    ("Jordan Roe", "jordan@example.com", "Jordan Roe <jordan@example.com>")."""
+
+    name: str
+    address: str
+
+    @classmethod
+    def named(cls, text: str) -> Person:
+        text = " ".join(text.split())
+        m = _ADDRESS.search(text)
+        if m is None:
+            return cls(text.strip(" \"'.,;:"), "")
+        address = m.group(1).strip(".").lower()
+        rest = (text[:m.start()] + text[m.end():]).replace("<>", " ").replace("()", " ")
+        rest = re.sub(r"[<>()\[\]]", " ", rest)
+        return cls(" ".join(rest.split()).strip(" \"'.,;:"), address)
+
+    def __str__(self) -> str:
+        if self.name and self.address:
+            return f"{self.name} <{self.address}>"
+        return self.name or self.address
+
+
 def entry_matches(entry: str, *, address: str | None = None, name: str | None = None) -> bool:
-    """Does one ``conflicts`` entry (an address or a name) designate this person?"""
-    entry = entry.strip()
-    if "@" in entry:
-        return address is not None and entry.lower() == address.strip().lower()
-    return name is not None and bool(name.strip()) and normalize_name(entry) == normalize_name(name)
+    """Does one ``conflicts`` entry (an address, a name, or "Name <address>") designate this
+    person? Addresses are compared with addresses, names with names."""
+    person = Person.named(entry)
+    if person.address and address and person.address == address.strip().lower():
+        return True
+    return bool(person.name and name and name.strip()
+                and normalize_name(person.name) == normalize_name(name))
 
 
 def has_known_conflict(
@@ -33,13 +69,20 @@ def has_known_conflict(
     declared: Iterable[str] = (),
 ) -> bool:
     """The member listed this person in ``conflicts`` (or ``declared`` them by mail with
-    ``/conflicts``), or the person is the member."""
+    ``/conflicts``), or the person is the member. An address is compared as an address and a
+    name as a name, whichever of the two is known."""
     if address and address.strip().lower() == member.email:
         return True
     if name and normalize_name(name) == normalize_name(member.name):
         return True
     entries = [*member.conflicts, *declared]
     return any(entry_matches(e, address=address, name=name) for e in entries)
+
+
+def conflicts_with_person(member: Member, person: Person, declared: Iterable[str] = ()) -> bool:
+    """Is the member ``person``, or did they list them (by address or by name)?"""
+    return has_known_conflict(member, address=person.address or None,
+                              name=person.name or None, declared=declared)
 
 
 @dataclass(frozen=True)

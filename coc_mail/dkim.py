@@ -219,25 +219,54 @@ class Signer:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """The outcome of verifying an inbound message's first DKIM signature."""
+class Signature:
+    """The outcome of verifying one DKIM signature of an inbound message."""
 
-    result: str  # pass | fail | none | temperror | permerror
+    result: str  # pass | fail | temperror | permerror
     domain: str = ""
     selector: str = ""
+    auid: str = ""  # the i= tag: the user or agent the signer vouches for
+
+    def aligned_for(self, address: str) -> bool:
+        """Does this passing signature vouch for ``address``: its d= is the address's domain
+        or a parent of it (DMARC's relaxed alignment) and, when its i= names a user, that
+        user is the address (a provider that signs for each user tells them apart)?"""
+        if self.result != "pass" or not self.domain:
+            return False
+        domain = address.rpartition("@")[2].lower()
+        signer = self.domain.lower()
+        if domain != signer and not domain.endswith("." + signer):
+            return False
+        user, at, _ = self.auid.lower().rpartition("@")
+        return not (at and user) or self.auid.lower() == address.lower()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of verifying an inbound message's DKIM signatures (the first few)."""
+
+    result: str  # of the first signature: pass | fail | none | temperror | permerror
+    domain: str = ""
+    selector: str = ""
+    signatures: tuple[Signature, ...] = ()
 
     def header_value(self, authserv_id: str) -> str:
         """An RFC 8601 ``Authentication-Results`` value (no message content)."""
-        parts = f"dkim={self.result}"
-        if self.domain:
-            parts += f" header.d={self.domain}"
-        if self.selector:
-            parts += f" header.s={self.selector}"
-        return f"{authserv_id}; {parts}"
+        results = [f"dkim={s.result}" + (f" header.d={s.domain}" if s.domain else "")
+                   + (f" header.s={s.selector}" if s.selector else "")
+                   for s in self.signatures] or [f"dkim={self.result}"]
+        return f"{authserv_id}; " + "; ".join(results)
+
+    def aligned_for(self, address: str) -> bool:
+        """Does any signature pass and vouch for ``address`` (see :meth:`Signature.aligned_for`)?"""
+        return any(s.aligned_for(address) for s in self.signatures)
 
 
-_TAG = re.compile(rb"\b([ds])=([^;\s]+)")
+_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)")
+_SIGNATURE = re.compile(rb"(?im)^dkim-signature:(.*(?:\r?\n[ \t].*)*)")
 DnsFunc = Callable[..., bytes | None]
+MAX_SIGNATURES = 3  # verified per message: providers add two at most (theirs and the user's)
+MAX_SIGNED_HEADERS = 100  # h= entries; more is not mail, and dkimpy's cost grows with them
 
 
 def make_dnsfunc(overrides: dict[str, str]) -> DnsFunc:
@@ -255,21 +284,39 @@ def make_dnsfunc(overrides: dict[str, str]) -> DnsFunc:
     return lookup
 
 
-def verify(message: bytes, dnsfunc: DnsFunc, timeout: float) -> Verdict:
-    """Verify the first DKIM signature of ``message``; never raises."""
+def verify(message: bytes, dnsfunc: DnsFunc, timeout: float,
+           max_signed_headers: int = MAX_SIGNED_HEADERS) -> Verdict:
+    """Verify the first :data:`MAX_SIGNATURES` DKIM signatures of ``message``; never raises.
+    A signature over more than ``max_signed_headers`` headers is not verified (permerror):
+    the processing budget, before dkimpy spends seconds on it."""
     end = message.find(b"\r\n\r\n")
     head = message[:end] if end != -1 else message[:65536]  # never a copy of a big body
     head = head.split(b"\n\n", 1)[0]
-    match = re.search(rb"(?im)^dkim-signature:(.*(?:\r?\n[ \t].*)*)", head)
-    if not match:
+    found = list(_SIGNATURE.finditer(head))[:MAX_SIGNATURES]
+    if not found:
         return Verdict("none")
-    tags = dict(_TAG.findall(match.group(1)))
-    domain = tags.get(b"d", b"").decode("ascii", "replace")
-    selector = tags.get(b"s", b"").decode("ascii", "replace")
-    try:
-        ok = dkimpy.verify(message, dnsfunc=dnsfunc, timeout=timeout)
-    except dkimpy.DnsTimeoutError:
-        return Verdict("temperror", domain, selector)
-    except Exception:  # noqa: BLE001 - dkimpy raises many kinds on malformed input
-        return Verdict("permerror", domain, selector)
-    return Verdict("pass" if ok else "fail", domain, selector)
+    signer: Any = None
+    results: list[Signature] = []
+    for idx, match in enumerate(found):
+        tags = {k.lower(): v.strip() for k, v in _TAG.findall(re.sub(rb"\s+", b"", match.group(1))
+                                                              .replace(b";", b"; "))}
+        domain = tags.get(b"d", b"").decode("ascii", "replace")
+        selector = tags.get(b"s", b"").decode("ascii", "replace")
+        auid = tags.get(b"i", b"").decode("ascii", "replace")
+        if tags.get(b"h", b"").count(b":") + 1 > max_signed_headers:
+            results.append(Signature("permerror", domain, selector, auid))
+            continue
+        try:
+            if signer is None:
+                signer = dkimpy.DKIM(message, timeout=timeout)
+            ok = signer.verify(idx=idx, dnsfunc=dnsfunc)
+            result = "pass" if ok else "fail"
+        except dkimpy.DnsTimeoutError:
+            result = "temperror"
+        except dkimpy.DKIMException:  # a bad signature, key or hash: it does not verify
+            result = "fail"
+        except Exception:  # noqa: BLE001 - dkimpy raises many kinds on malformed input
+            result = "permerror"
+        results.append(Signature(result, domain, selector, auid))
+    first = results[0]
+    return Verdict(first.result, first.domain, first.selector, tuple(results))

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
-import re
-from email import message_from_bytes
-from email.message import EmailMessage
-from email.policy import default
 
 from sqlmodel import Session, col, select
 
 from .crypto import Keyring
+from .readable import text_of
 from .store import Case, DocEntry
 
 # Sections members write with /note, in the order the procedure lists them.
@@ -32,27 +28,6 @@ TITLES = {**SECTIONS, CORRESPONDENCE: "Correspondence from the reporter",
 MAX_TEXT = 200_000
 
 
-def text_of(raw: bytes) -> str:
-    """The readable text of a message: its text/plain body, else its HTML without tags."""
-    try:
-        msg = message_from_bytes(raw, policy=default)
-        assert isinstance(msg, EmailMessage)
-        body = msg.get_body(preferencelist=("plain", "html"))
-        if body is None:
-            return ""
-        content = body.get_content()
-        if not isinstance(content, str):
-            return ""
-        if body.get_content_type() == "text/html":
-            content = html.unescape(re.sub(r"(?s)<(script|style).*?</\1>|<[^>]+>", " ", content))
-        names = [p.get_filename() for p in msg.iter_attachments() if p.get_filename()]
-        if names:
-            content += "\n[attachments: " + ", ".join(str(n) for n in names) + "]\n"
-        return content[:MAX_TEXT]
-    except Exception:  # noqa: BLE001 - broken MIME: the raw text is still the report
-        return raw.decode("utf-8", "replace")[:MAX_TEXT]
-
-
 def add(
     keys: Keyring,
     session: Session,
@@ -67,7 +42,7 @@ def add(
     assert case.id is not None
     entry = DocEntry(
         case_id=case.id,
-        section=section,
+        section=keys.seal_text(section, "doc_entries.section"),
         entry_date=date or dt.datetime.now(dt.UTC).date(),
         author=keys.seal_text(author, "doc_entries.author"),
         body=keys.seal_text(body[:MAX_TEXT], "doc_entries.body"),
@@ -119,8 +94,9 @@ def render(keys: Keyring, session: Session, case: Case) -> str:
         select(DocEntry).where(DocEntry.case_id == case.id).order_by(
             col(DocEntry.entry_date), col(DocEntry.id))
     ).all()
+    sections = [keys.open_text(e.section, "doc_entries.section") for e in entries]
     for section, title in TITLES.items():
-        chosen = [e for e in entries if e.section == section]
+        chosen = [e for e, s in zip(entries, sections, strict=True) if s == section]
         out += [title, "-" * len(title)]
         if not chosen:
             out += ["(nothing yet)", ""]

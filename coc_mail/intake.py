@@ -48,6 +48,7 @@ class IntakeHandler:
         self.limits = Limits(
             max_per_ip=settings.server.max_connections_per_ip,
             unknown_per_window=settings.server.unknown_recipients_per_10_minutes,
+            trusted=lambda ip: self.settings.intake.is_trusted(ip),
         )
 
     def _lookup(self, address: str) -> str:
@@ -138,11 +139,14 @@ TOO_MUCH = "552 Error: Too much mail data"
 
 
 class BoundedSMTP(SMTP):
-    """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it), and lines up to
-    64 KiB: RFC 5321 says 1000, but real mail (HTML from some clients) has longer lines and a
-    report must not bounce for it (Postfix accepts them too)."""
+    """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it), on the DATA bytes
+    all sessions hold in memory together (``server.max_data_memory_bytes``; a session that
+    would go past it is answered ``451`` once its data is read, and keeps nothing), and lines
+    up to 64 KiB: RFC 5321 says 1000, but real mail (HTML from some clients) has longer lines
+    and a report must not bounce for it (Postfix accepts them too)."""
 
     active = 0
+    held = 0  # DATA bytes held by every session of this process, until their commit
     line_length_limit = 65536
 
     def __init__(
@@ -152,10 +156,12 @@ class BoundedSMTP(SMTP):
         max_connections: int,
         limits: Limits,
         max_session_seconds: float,
+        max_data_memory: int,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
+        self.max_data_memory = max_data_memory
         self.limits = limits
         self.max_session_seconds = max_session_seconds
         self._counted = False
@@ -185,36 +191,48 @@ class BoundedSMTP(SMTP):
         size, limit = 0, self.data_size_limit
         refusal = ""
         continued = False  # inside a line longer than the reader's limit
-        while self.transport is not None:
-            try:
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                chunk = await self._reader.read(exc.consumed)  # drained, never kept
-                size += len(chunk)
-                continued = True
-                refusal = refusal or TOO_LONG
-                data = bytearray()
-                continue
-            if line == b".\r\n" and not continued:
-                break
-            size += len(line)
-            if continued or len(line) > self.line_length_limit:
-                refusal = refusal or TOO_LONG
-            elif limit and size > limit:
-                refusal = refusal or TOO_MUCH
-            continued = False
+        counted = 0  # of BoundedSMTP.held, this session's share
+        try:
+            while self.transport is not None:
+                try:
+                    line = await self._reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await self._reader.read(exc.consumed)  # drained, never kept
+                    size += len(chunk)
+                    continued = True
+                    refusal = refusal or TOO_LONG
+                    data = bytearray()
+                    continue
+                if line == b".\r\n" and not continued:
+                    break
+                size += len(line)
+                if continued or len(line) > self.line_length_limit:
+                    refusal = refusal or TOO_LONG
+                elif limit and size > limit:
+                    refusal = refusal or TOO_MUCH
+                elif BoundedSMTP.held + len(line) > self.max_data_memory:
+                    refusal = refusal or verdicts.TOO_BUSY
+                    log.warning("data: %d bytes held by all sessions; this one gets 451",
+                                BoundedSMTP.held)
+                continued = False
+                if refusal:
+                    data = bytearray()  # nothing more is kept once the answer is known
+                    BoundedSMTP.held -= counted
+                    counted = 0
+                    continue
+                data += memoryview(line)[1:] if line[:1] == b"." else line  # RFC 5321 4.5.2
+                BoundedSMTP.held += len(line)
+                counted += len(line)
             if refusal:
-                data = bytearray()  # nothing more is kept once the answer is known
-                continue
-            data += memoryview(line)[1:] if line[:1] == b"." else line  # RFC 5321 4.5.2
-        if refusal:
-            await self.push(refusal)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        content = bytes(data) if len(data) < BIG else data  # big: never copied
-        self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
-        del data
-        status = await self._call_handler_hook("DATA")
+                await self.push(refusal)
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            content = bytes(data) if len(data) < BIG else data  # big: never copied
+            self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
+            del data
+            status = await self._call_handler_hook("DATA")
+        finally:
+            BoundedSMTP.held -= counted
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
@@ -264,6 +282,7 @@ def smtp_factory(settings: Settings, handler: IntakeHandler) -> BoundedSMTP:
         max_connections=settings.server.max_connections,
         limits=handler.limits,
         max_session_seconds=settings.server.max_session_seconds,
+        max_data_memory=settings.server.max_data_memory_bytes,
         data_size_limit=settings.server.max_message_bytes,
         enable_SMTPUTF8=True,
         decode_data=False,

@@ -13,16 +13,18 @@ import contextlib
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import formataddr
+from pathlib import Path
 
-from sqlalchemy import delete, func, insert, or_
+from sqlalchemy import delete, func, insert, or_, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, col, select
 
-from . import audit, conflicts, dkim, document
+from . import audit, budget, conflicts, dkim, document, readable
 from .addresses import Kind, Recipient
 from .app import App
 from .cases import Standing, open_standings, receiving_members, unused_code_name
@@ -31,6 +33,7 @@ from .config import Member
 from .errors import where
 from .message import Incoming
 from .outbox import Outbox
+from .redact import Redactor
 from .spool import Envelope
 from .store import (
     AckBudget,
@@ -63,6 +66,7 @@ class Unit:
     session: Session
     msg: Incoming
     outbox: Outbox
+    row_id: int = 0
     _verdict: dkim.Verdict | None = None
     _verified: bool = False
     bodies: dict[str, tuple[ForwardBody, int]] = field(default_factory=dict)  # per intro text
@@ -73,7 +77,8 @@ class Unit:
             self._verified = True
             if self.app.settings.dkim.verify_inbound:
                 self._verdict = dkim.verify(
-                    self.msg.content, self.app.dnsfunc, self.app.settings.dkim.dns_timeout
+                    self.msg.content, self.app.dnsfunc, self.app.settings.dkim.dns_timeout,
+                    self.app.settings.processing.max_dkim_signed_headers,
                 )
         return self._verdict
 
@@ -87,9 +92,34 @@ class Processor:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.processed = 0
+        # For the watchdog (coc_mail/watchdog.py): the message being worked on, and the
+        # processor thread's CPU clock and its reading when that work began.
+        self.current: int | None = None
+        self.cpu_clock: int | None = None
+        self.cpu_start = 0.0
+
+    @property
+    def limits(self) -> budget.Limits:
+        p = self.app.settings.processing
+        return budget.Limits(
+            parts=p.max_parts, depth=p.max_depth, part_header_bytes=p.max_part_header_bytes,
+            header_fields=p.max_header_fields, parameters=p.max_parameters,
+            dkim_signed_headers=p.max_dkim_signed_headers,
+        )
+
+    def _begin(self, row_id: int) -> None:
+        if self.cpu_clock is not None:
+            self.cpu_start = time.clock_gettime(self.cpu_clock)
+        self.current = row_id
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, poll: float = 2.0) -> None:
+        self.cpu_clock = time.pthread_getcpuclockid(threading.get_ident())
+        try:
+            self.set_aside_over_budget()
+        except DB_TROUBLE as exc:
+            log.warning("processor: could not set aside messages over budget yet (%s)",
+                        type(exc).__name__)
         while not self.stopping.is_set():
             try:
                 done = self.run_once()
@@ -140,7 +170,7 @@ class Processor:
         envelope = Envelope.from_json(self.app.keys.open(row.envelope, "inbound.envelope"))
         content = self.app.keys.open(row.content, "inbound.content")
         row.content = b""  # the sealed copy is not needed any more (a big report: 1x less)
-        return Unit(self.app, session, Incoming(envelope, content), outbox)
+        return Unit(self.app, session, Incoming(envelope, content), outbox, row.id)
 
     @property
     def shared(self) -> bool:
@@ -188,30 +218,95 @@ class Processor:
         # of the batch can refer to a copy another one queued: nobody has received it yet.
         outbox = Outbox(self.app)
         units = [self._unit(main, row, outbox) for row in rows]
-        for unit in units:
-            unit.verdict()  # the slow work, before the first write
-        for unit in units:
-            self.handle(unit)
-            main.flush()  # the next message sees this one's changes
+        limits = self.limits
+        over: dict[int, str] = {}
+        try:
+            for unit in units:
+                self._begin(unit.row_id)
+                problem = budget.check(unit.msg.content, limits)
+                if problem:
+                    over[unit.row_id] = problem
+                    continue
+                unit.verdict()  # the slow work, before the first write
+            units = [u for u in units if u.row_id not in over]
+            for unit in units:
+                self._begin(unit.row_id)
+                self.handle(unit)
+                main.flush()  # the next message sees this one's changes
+        finally:
+            self.current = None
+        for row_id, problem in over.items():
+            self._tell_set_aside(outbox, row_id, problem)
         outbox.write(main)
+        done = [r for r in rows if r.id not in over]
         if self.shared:
-            main.execute(delete(Inbound).where(col(Inbound.id).in_([r.id for r in rows])))
-        else:
+            self._mark_set_aside(main, over)
+            if done:
+                main.execute(delete(Inbound).where(col(Inbound.id).in_([r.id for r in done])))
+        elif done:
             now = utcnow()
             main.connection().execute(
                 insert(ProcessedInbound.__table__),  # type: ignore[attr-defined]
-                [{"uid": _uid(r), "at": now} for r in rows],
+                [{"uid": _uid(r), "at": now} for r in done],
             )
         main.commit()
         if not self.shared:
             try:
-                inq.exec(delete(Inbound).where(col(Inbound.id).in_([r.id for r in rows])))
+                self._mark_set_aside(inq, over)
+                if done:
+                    inq.exec(delete(Inbound).where(col(Inbound.id).in_([r.id for r in done])))
                 inq.commit()
             except DB_TROUBLE as exc:  # applied already: the next pass removes them
                 log.warning("processor: could not remove %d applied message(s) (%s)",
                             len(rows), type(exc).__name__)
-        self.processed += len(rows)
+        self.processed += len(done)
         self.on_queued()
+
+    # -- the processing budget --------------------------------------------------------------
+    @staticmethod
+    def _mark_set_aside(session: Session, over: dict[int, str]) -> None:
+        for row_id, problem in over.items():
+            session.execute(update(Inbound).where(col(Inbound.id) == row_id).values(
+                shunted=True, attempts=MAX_ATTEMPTS, error=problem[:200]))
+
+    @staticmethod
+    def _tell_set_aside(outbox: Outbox, row_id: int, problem: str) -> None:
+        log.warning("processor: inbound %d set aside, over its processing budget: %s",
+                    row_id, problem)
+        outbox.notify_operators(
+            "a message was set aside",
+            f"Inbound message {row_id} was set aside without being processed: {problem}.\n"
+            "The limits are the [processing] keys of the configuration. The message is kept,\n"
+            "encrypted, in the incoming queue; after raising the limit (`coc-mail reload`),\n"
+            "`coc-mail queue --flush` processes it. The next messages went on as usual.\n",
+        )
+
+    @property
+    def over_budget_file(self) -> Path:
+        """Where the watchdog writes the id of a message that used up its CPU time before it
+        ends the worker (the transaction that held the message dies with it)."""
+        return Path(self.app.settings.server.pid_file).with_suffix(".over-budget")
+
+    def set_aside_over_budget(self) -> int:
+        """Set aside the messages the watchdog stopped (see :attr:`over_budget_file`)."""
+        path = self.over_budget_file
+        try:
+            lines = path.read_text().split()
+        except FileNotFoundError:
+            return 0
+        over = {int(w): f"more than {self.app.settings.processing.max_cpu_seconds:g} CPU "
+                        "seconds of processing" for w in lines if w.isdigit()}
+        with self._sessions() as (main, inq):
+            outbox = Outbox(self.app)
+            for row_id, problem in over.items():
+                self._tell_set_aside(outbox, row_id, problem)
+            outbox.write(main)
+            self._mark_set_aside(inq, over)
+            if inq is not main:
+                inq.commit()
+            main.commit()
+        path.unlink(missing_ok=True)
+        return len(over)
 
     def process_batch(self, limit: int = BATCH) -> int:
         """Handle up to ``limit`` ready messages in one transaction (one commit for all);
@@ -299,7 +394,12 @@ class Processor:
             without = [r.value for r in new_report if r.kind is Kind.WITHOUT]
             self.to_alias(unit, without, done_cases)
         postmaster = False
+        auto = unit.msg.auto_reply()
         for r in recipients:
+            if auto and r.kind in (Kind.REPORTER, Kind.CASE, Kind.MEMBER):
+                # Out-of-office replies and responders: never relayed, never answered.
+                log.info("automatic reply (%s) to a %s address: dropped", auto, r.kind.value)
+                continue
             if r.kind is Kind.REPORTER:
                 case = self.case_by_reporter_token(unit.session, r.token)
                 if case is None:
@@ -315,16 +415,22 @@ class Processor:
                 postmaster = True
                 self.to_postmaster(unit)
 
-    def case_of_reply(self, session: Session, msg: Incoming) -> Case | None:
+    def referenced(self, session: Session, msg: Incoming) -> list[tuple[Case, str]]:
+        """The cases of the copies of ours that ``In-Reply-To``/``References`` name, each with
+        whom that copy went to (a member's handle, ``reporter`` or ``operator``)."""
         ids = msg.referenced_ids()
         if not ids:
-            return None
-        copy = session.exec(
+            return []
+        found: list[tuple[Case, str]] = []
+        for copy in session.exec(
             select(SentCopy)
             .where(col(SentCopy.message_id).in_(ids))
             .where(col(SentCopy.case_id).is_not(None))
-        ).first()
-        return session.get(Case, copy.case_id) if copy else None
+        ):
+            case = session.get(Case, copy.case_id)
+            if case is not None:
+                found.append((case, self.app.keys.open_text(copy.role, "sent_copies.role")))
+        return found
 
     def case_by_reporter_token(self, session: Session, token: str) -> Case | None:
         tag = self.app.keys.tag("reporter", token)
@@ -332,18 +438,30 @@ class Processor:
 
     # -- new reports ------------------------------------------------------------------------
     def to_alias(self, unit: Unit, without: list[str], done_cases: set[int]) -> None:
+        """Mail to the alias: a new report, unless it answers a copy that went to a reporter
+        (the acknowledgment, a follow-up): then it is that reporter's correspondence. Holding
+        the Message-ID of any other copy (a conflict check, a member's copy) opens nothing:
+        the mail is a new report. A member answering their own copy of a case at the alias
+        is told to use their case address (nothing is relayed)."""
         # A report that excludes a member (without.) is always a new case: filed into an old
         # one, it would reach that member through the old case.
-        case = None if without else self.case_of_reply(unit.session, unit.msg)
-        if case is None:
+        msg = unit.msg
+        refs = [] if without else self.referenced(unit.session, msg)
+        member = self.app.settings.member_by_email(msg.mailbox) if msg.mailbox else None
+        reporters = [case for case, role in refs if role == "reporter"]
+        own = [case for case, role in refs if member is not None and role == member.handle]
+        if not reporters and not own:
             self.new_case(unit, without)
             return
+        case = (reporters or own)[0]
         done_cases.add(int(case.id or 0))
-        member = self.app.settings.member_by_email(unit.msg.sender)
-        if member is None:
-            self.reporter_correspondence(unit, case)
-        else:
+        if msg.auto_reply():
+            log.info("case %s: automatic reply (%s) at the alias: dropped", case.code_name,
+                     msg.auto_reply())
+        elif member is not None:
             self.member_wrote_to_alias(unit, case, member)
+        else:
+            self.reporter_correspondence(unit, case)
 
     def new_case(self, unit: Unit, without: list[str]) -> None:
         msg, session = unit.msg, unit.session
@@ -420,7 +538,7 @@ class Processor:
         now = utcnow()
         hour = f"{now:%Y%m%d%H}"
         over = False
-        if peer in self.app.settings.intake.trusted_relays:
+        if self.app.settings.intake.is_trusted(peer):
             peer = ""  # a front MTA relays for everyone: count senders only
         for who in {f"sender:{sender.lower()}" if sender else "", f"ip:{peer}" if peer else ""}:
             if not who:
@@ -540,9 +658,12 @@ class Processor:
             if member is not None:
                 self.forward(unit, case, member, intro)
         if case.purged_at is None:  # a purged document stays purged
+            text = readable.text_of(unit.msg.content)
+            redactor = Redactor(self.app.alias, [
+                self.app.addresses.reporter_token(case.code_name)])
             document.add(
                 self.app.keys, unit.session, case, section=document.CORRESPONDENCE,
-                author="the reporter", body=document.text_of(unit.msg.content),
+                author="the reporter", body=redactor.text(text),
             )
         audit.record(self.app.keys, unit.session, case.code_name, "reporter",
                      "reporter correspondence received")
@@ -602,23 +723,28 @@ class Processor:
     def authentication_problem(self, unit: Unit, member: Member) -> str:
         """Why this message does not count as the member's (SPEC 1.5); empty when it does."""
         msg = unit.msg
-        if msg.from_address != member.email:
+        if not msg.mailbox:
+            return ("its From: is not one plain mailbox (several addresses, an address in "
+                    "the display name, or a malformed field)")
+        if msg.mailbox != member.email:
             return "its From: address is not yours"
         if self.app.settings.server.require_tls_for_members and not msg.envelope.tls:
             return "it did not arrive over an encrypted (STARTTLS) connection"
         if self.app.settings.dkim.require_aligned_members:
             verdict = unit.verdict()
             domain = member.email.rpartition("@")[2]
-            signer = verdict.domain.lower() if verdict else ""
-            aligned = bool(signer) and (domain == signer or domain.endswith("." + signer))
-            if verdict is None or verdict.result != "pass" or not aligned:
+            if verdict is None or not verdict.aligned_for(member.email):
                 result = verdict.result if verdict else "none"
-                return f"it carried no DKIM signature of {domain} that verified (dkim={result})"
+                return (f"it carried no DKIM signature of {domain} for your address that "
+                        f"verified (dkim={result})")
         return ""
 
     def member_wrote_to_alias(self, unit: Unit, case: Case, member: Member) -> None:
         """A member replied to the alias about a case: not authenticated by a token, so
-        nothing is done; the member is told to use their case address."""
+        nothing is done; the member is told to use their case address (a few times an hour
+        at most: the From may be forged)."""
+        if not self.notice_allowed(unit.session, member):
+            return
         self.reply_to_member(
             unit,
             case,
@@ -639,23 +765,34 @@ class Processor:
 
     # -- bounces and role addresses ---------------------------------------------------------
     def to_bounce_address(self, unit: Unit, r: Recipient) -> None:
+        """A delivery status notification for one of our copies: the operators are told, once
+        per copy, when it reports a failure. Anything else (an out-of-office reply to the
+        envelope sender every recipient sees as Return-Path, a delay notice) is dropped."""
+        status = dsn_failure(unit.msg.parsed())
+        if status is None:
+            log.info("mail to a bounce address that reports no failed delivery: dropped")
+            return
         copy = unit.session.get(SentCopy, r.value)
-        status = dsn_status(unit.msg.parsed())
         if copy is None:
             log.info("bounce for an unknown or expired copy: dropped")
             return
+        if copy.bounced_at is not None:
+            log.info("another bounce for a copy the operators were told of: dropped")
+            return
+        copy.bounced_at = utcnow()
+        unit.session.add(copy)
         role = self.app.keys.open_text(copy.role, "sent_copies.role")
         if role == "operator":
-            log.warning("an operator notice bounced (status %s)", status or "?")
+            log.warning("an operator notice bounced (status %s)", status)
             return
         case = unit.session.get(Case, copy.case_id) if copy.case_id else None
         who = "the reporter" if role == "reporter" else role
         place = f' of case "{case.code_name}"' if case else ""
-        log.warning("bounce for a copy%s (status %s)", place, status or "?")
+        log.warning("bounce for a copy%s (status %s)", place, status)
         unit.outbox.notify_operators(
             "a copy bounced",
             f"A copy{place} for {who} was returned by the receiving mail server\n"
-            f"(status {status or 'unknown'}). Check that address.\n",
+            f"(status {status}). Check that address.\n",
         )
 
     def to_postmaster(self, unit: Unit) -> None:
@@ -699,14 +836,24 @@ def _uid(row: Queued) -> str:
     return row.uid or f"id-{row.id}"
 
 
-def dsn_status(parsed: Message) -> str:
-    """The first ``Status:`` of a delivery status notification (RFC 3464), if any."""
-    for part in parsed.walk():
-        if part.get_content_type() == "message/delivery-status":
-            payload = part.get_payload()
-            blocks = payload if isinstance(payload, list) else []
-            for block in blocks:
-                status = block.get("Status") if isinstance(block, Message) else None
-                if status:
-                    return one_line(str(status), 20)
-    return ""
+DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
+
+
+def dsn_failure(parsed: Message) -> str | None:
+    """The ``Status:`` of a failed delivery in a delivery status notification (RFC 3464: a
+    multipart/report holding a message/delivery-status part with ``Action: failed``), or
+    "unknown" when it gives none; None when this is no report of a failure."""
+    if parsed.get_content_type() != "multipart/report":
+        return None
+    payload = parsed.get_payload()
+    parts = payload if isinstance(payload, list) else []
+    for part in parts:
+        if not isinstance(part, Message) or part.get_content_type() not in DSN_TYPES:
+            continue
+        blocks = part.get_payload()
+        for block in blocks if isinstance(blocks, list) else []:
+            if not isinstance(block, Message):
+                continue
+            if str(block.get("Action", "")).strip().lower() == "failed":
+                return one_line(str(block.get("Status", "") or "unknown"), 20)
+    return None

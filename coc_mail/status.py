@@ -112,29 +112,50 @@ def warnings(app: App, session: Session, chosen: Iterable[SheetRow]) -> list[str
     return found
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP's list: tab and
+# carriage return too); exports make such cells text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_MD_SPECIAL = re.compile(r"([\\|<>\[\]`])")  # what breaks a table, a link or into HTML
+
+
+def as_text(value: str) -> str:
+    """A CSV cell that no spreadsheet runs: a leading formula character gets an apostrophe."""
+    stripped = value.lstrip(" ")
+    return "'" + value if stripped.startswith(FORMULA_START) else value
+
+
+def md_cell(value: str) -> str:
+    """A Markdown table cell on one line: backslashes and pipes escaped (a ``\\|`` would
+    otherwise end the cell), and the characters that open links, code or HTML."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(value.split()))
+
+
 def render(table: list[list[str]], fmt: str) -> bytes:
-    """The sheet as CSV, Markdown or an Excel workbook."""
+    """The sheet as CSV, Markdown or an Excel workbook; no cell is ever a formula."""
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(COLUMNS)
-        writer.writerows(table)
+        writer.writerows([as_text(v) for v in r] for r in table)
         return out.getvalue().encode()
     if fmt == "md":
-        def cell(v: str) -> str:
-            return v.replace("|", "\\|").replace("\n", " ")
-
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in table]
+        lines += ["| " + " | ".join(md_cell(v) for v in r) + " |" for r in table]
         return ("\n".join(lines) + "\n").encode()
     if fmt == "xlsx":
         from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
 
         wb = Workbook(write_only=True)
         ws = wb.create_sheet("Cases")
         ws.append(list(COLUMNS))
         for r in table:
-            ws.append(r)
+            cells = []
+            for v in r:
+                cell = WriteOnlyCell(ws, value=v)
+                cell.data_type = "s"  # a string starting with "=" would be stored as a formula
+                cells.append(cell)
+            ws.append(cells)
         buf = io.BytesIO()
         wb.save(buf)
         return buf.getvalue()

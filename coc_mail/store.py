@@ -88,6 +88,7 @@ class Case(SQLModel, table=True):
     reminders: str = Field(default="", max_length=400)  # keys of reminders already sent
     purge_warned: bool = False
     purged_at: dt.datetime | None = None  # document purged; the status-sheet row stays
+    discard_by: str | None = Field(default=None, max_length=32)  # tag of the member who asked
 
 
 class CodeName(SQLModel, table=True):
@@ -98,12 +99,13 @@ class CodeName(SQLModel, table=True):
 
 
 class CaseMember(SQLModel, table=True):
-    """A member's standing in one case; the member is named by a keyed tag, not in clear."""
+    """A member's standing in one case; the member is named by a keyed tag, the standing
+    sealed (without the key nobody can tell who was cleared, conflicted or excluded)."""
 
     __tablename__ = "case_members"
     case_id: int = Field(foreign_key="cases.id", primary_key=True, ondelete="CASCADE")
     member_tag: str = Field(primary_key=True, max_length=32)
-    state: str = Field(max_length=16)
+    state: bytes  # sealed Standing value
     updated_at: dt.datetime = Field(default_factory=utcnow)
     reminded: bool = False  # the halfway conflict-check reminder went out
 
@@ -114,7 +116,7 @@ class DocEntry(SQLModel, table=True):
     __tablename__ = "doc_entries"
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="cases.id", index=True, ondelete="CASCADE")
-    section: str = Field(max_length=16)  # summary, scope, plan, ..., correspondence, followup
+    section: bytes  # sealed: summary, scope, plan, ..., correspondence, followup
     entry_date: dt.date
     created_at: dt.datetime = Field(default_factory=utcnow)
     author: bytes  # sealed: member name, "reporter" or "coc-mail"
@@ -141,7 +143,7 @@ class AuditEntry(SQLModel, table=True):
     code_name: str = Field(index=True, max_length=64)
     at: dt.datetime = Field(default_factory=utcnow)
     actor: bytes  # sealed: member handle, "reporter" or "coc-mail"
-    action: str = Field(max_length=200)  # e.g. "status New -> Ongoing"; no names, no text
+    action: bytes  # sealed, e.g. "status New -> Ongoing"; no names, no text
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
 
@@ -157,6 +159,7 @@ class SentCopy(SQLModel, table=True):
     message_id: str = Field(index=True, max_length=255)
     role: bytes  # sealed: member handle, "reporter" or "operator"
     created_at: dt.datetime = Field(default_factory=utcnow)
+    bounced_at: dt.datetime | None = None  # the operators were told it bounced (once)
 
 
 class Body(SQLModel, table=True):
@@ -295,7 +298,7 @@ def make_incoming(url: str, main: Engine) -> Engine:
     return engine
 
 
-SCHEMA_HEAD = "0004"  # the newest migration; tests/test_workflow_more.py keeps them in step
+SCHEMA_HEAD = "0005"  # the newest migration; tests/test_workflow_more.py keeps them in step
 
 
 def check_schema(engine: Engine) -> None:
@@ -312,8 +315,9 @@ def check_schema(engine: Engine) -> None:
         )
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (Alembic); safe to run on every start."""
+def migrate(engine: Engine, keys: Any = None) -> None:
+    """Bring the schema to the newest revision (Alembic); safe to run on every start. The
+    keyring is given to migrations that seal values stored in clear by older releases."""
     from alembic import command
     from alembic.config import Config
 
@@ -321,16 +325,22 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
+        cfg.attributes["keys"] = keys
         command.upgrade(cfg, "head")
 
 
 KEY_CHECK = b"coc-mail key check v1"
 
 
-def check_key(engine: Engine, keys: Any) -> None:
-    """Refuse a storage key that is not the one this database was written with."""
+def check_key(engine: Engine, keys: Any, *, before_migrations: bool = False) -> None:
+    """Refuse a storage key that is not the one this database was written with. Before
+    migrations (which may seal old values with it) only an existing check value is read."""
+    if before_migrations and not sa.inspect(engine).has_table("meta"):
+        return
     with Session(engine) as session:
         row = session.get(Meta, "key_check")
+        if row is None and before_migrations:
+            return
         if row is None:
             session.add(Meta(key="key_check", value=keys.seal(KEY_CHECK, "meta.key_check")))
             session.commit()

@@ -22,6 +22,7 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 HEADERS_TOO_BIG = "552 5.3.4 Message header section too big (limit {limit} bytes)"
 UNEXPECTED = "451 4.3.0 Temporary local problem, try again later"
 GUESSING = "450 4.7.1 Too many unknown recipients from your address; try again later"
+TOO_BUSY = "451 4.3.1 Too much mail in progress at once; try again later"
 MAX_HEADER_BYTES = 256 * 1024
 
 MAX_RECIPIENTS = 50

@@ -37,6 +37,8 @@ from .delivery import Deliverer, make_transport
 from .errors import CocMailError
 from .processor import Processor
 from .reminders import Scheduler
+from .watchdog import EXIT_OVER_BUDGET
+from .watchdog import start as start_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,14 @@ class Pool:
             for i, proc in enumerate(self.procs):
                 if proc is None or proc.poll() is None or self.stopping:
                     continue
-                log.error("worker %d exited with status %s; restarting it", i, proc.returncode)
                 self.restarts += 1
-                await asyncio.sleep(RESTART_DELAY)
+                if proc.returncode == EXIT_OVER_BUDGET:  # a message stopped: go on at once
+                    log.warning("worker %d stopped a message over its processing budget; "
+                                "restarting it", i)
+                else:
+                    log.error("worker %d exited with status %s; restarting it", i,
+                              proc.returncode)
+                    await asyncio.sleep(RESTART_DELAY)
                 if not self.stopping:
                     self.procs[i] = self._spawn(i)
 
@@ -189,6 +196,8 @@ class Worker:
             ]
             for t in threads:
                 t.start()
+            start_watchdog(processor, lambda: self.app.settings.processing.max_cpu_seconds,
+                           processor.stopping)
 
         def woken() -> None:
             try:

@@ -14,16 +14,17 @@ from email.utils import formataddr
 
 from sqlmodel import Session, col, select
 
-from . import audit, commands, document, status
+from . import audit, commands, document, quotes, readable, status
 from .app import App
 from .cases import Standing, member_tag, receiving_members, set_standing, standings
 from .commands import Command, UnknownCommand
 from .compose import ForwardBody, forward_head, relay_message, text_message
 from .config import Member
-from .conflicts import has_known_conflict
+from .conflicts import Person, conflicts_with_person, has_known_conflict
 from .errors import TemplateProblem
 from .message import Incoming
 from .outbox import Outbox
+from .redact import Redactor
 from .store import Case, MemberRecord, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def reported_names(app: App, session: Session) -> list[str]:
     names: dict[str, str] = {}
     for case in session.exec(select(Case).where(col(Case.reported).is_not(None))):
         name = document.reported_of(app.keys, case)
-        names.setdefault(name.casefold(), name)
+        names.setdefault(" ".join(name.split()).casefold(), name)
     return sorted(names.values(), key=str.casefold)
 
 
@@ -95,6 +96,26 @@ def sync_members(app: App, outbox: Outbox, session: Session) -> list[str]:
     return onboarded
 
 
+def discard(app: App, session: Session, outbox: Outbox, case: Case, actor: str,
+            how: str) -> None:
+    """Delete a New case that is not a report: its report, document and standings (the code
+    name is never drawn again; the audit log keeps who did it). Every other member who
+    received it is told."""
+    code_name = case.code_name
+    audit.record(app.keys, session, code_name, actor, "case discarded (not a report)")
+    handles = set(receiving_members(app, session, case)) - {actor}
+    for m in app.settings.members:
+        if m.handle in handles:
+            outbox.to_member(m, None, f"[{code_name}] discarded",
+                             f'Case "{code_name}" was discarded as not a report ({how}). Its '
+                             "report and document are deleted.\n")
+    for pending in outbox.pending:
+        if pending.case is case:
+            pending.case = None
+    session.delete(case)
+    log.info("case %s discarded", code_name)
+
+
 class Work:
     """One member's message, handled: a command for a case or for no case, or a thread post."""
 
@@ -103,19 +124,39 @@ class Work:
         self.session = session
         self.outbox = outbox
         self.msg = msg
-        self._text: str | None = None
+        self.body = readable.Body([], 0)
 
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            self._text = document.text_of(self.msg.content)
-        return self._text
+    def redactor(self, case: Case | None) -> Redactor:
+        """Removes our addresses and every token a member could quote into mail about
+        ``case``: each member's member token and case token, and the reporter's."""
+        a = self.app.addresses
+        secrets = [a.member_token(m.handle) for m in self.app.settings.members]
+        if case is not None:
+            secrets += [a.case_token(case.code_name, m.handle) for m in self.app.settings.members]
+            secrets.append(a.reporter_token(case.code_name))
+        return Redactor(self.app.alias, secrets)
+
+    def quoted_mail_marks(self, case: Case | None) -> list[quotes.Guard]:
+        """Lines that can only come from quoting our own mail, whatever the client: a thread
+        post's sender name ("Ada via home shelf"), the alias in angle brackets or a mailto
+        (every attribution and header block of a reply to us names it so), and any of our
+        ``+`` addresses."""
+        alias = re.escape(self.app.alias)
+        marks = [re.compile(rf"(?i)[<\[(]\s*(?:mailto:)?{alias}\s*[>\])]|mailto:{alias}").search]
+        if case is not None:
+            via = r"\s+".join(re.escape(w) for w in case.code_name.split())
+            marks.append(re.compile(rf"(?i)\bvia\s+{via}\b").search)
+        found_in = self.redactor(case).found_in
+        return [*marks, found_in]
 
     # -- entry points -------------------------------------------------------------------------
     def member_mail(self, case: Case | None, member: Member) -> None:
         try:
+            shown = readable.body(self.msg.content)
+            stop = quotes.first_quote(shown.lines[:shown.stop], self.quoted_mail_marks(case))
+            self.body = readable.Body(shown.lines, stop)
             try:
-                command = commands.parse(self.text)
+                command = commands.parse(self.body.lines, self.body.stop)
             except UnknownCommand as exc:
                 raise Refusal(
                     f"There is no command /{exc}.\n\n" + commands.help_text(case=case is not None)
@@ -240,14 +281,18 @@ class Work:
         if not others:
             raise Refusal("You are the only cleared member of this case: nothing was relayed.")
         app = self.app
-        subject = self.msg.subject or "(no subject)"
+        redactor = self.redactor(case)
+        subject = redactor.text(self.msg.subject) or "(no subject)"
         if f"[{case.code_name}]" not in subject:
             subject = f"[{case.code_name}] {subject}"
+        # Our addresses and tokens out of every part, in whatever encoding (a forwarded or
+        # quoted case mail carries the author's own case address): see coc_mail/redact.py.
+        post = redactor.message(self.msg.content)
         for other in others:
             self.outbox.queue(
                 case=case, role=other.handle, recipient=other.email,
                 build=lambda mid, o=other: relay_message(  # type: ignore[misc]
-                    original=self.redacted(),
+                    original=post,
                     from_name=f"{member.name} via {case.code_name}", from_addr=app.alias,
                     to=formataddr((o.name, o.email)),
                     reply_to=app.addresses.case(case.code_name, o.handle),
@@ -258,19 +303,11 @@ class Work:
         self.session.add(case)
         log.info("case %s: post relayed to %d member(s)", case.code_name, len(others))
 
-    def redacted(self) -> bytes:
-        """The post without any of our token addresses (a forwarded case mail would carry the
-        author's own): each becomes the plain alias."""
-        alias = self.app.alias.encode()
-        local, _, domain = alias.partition(b"@")
-        pattern = re.compile(rb"(?i)" + re.escape(local) + rb"(?:-bounces)?\+[a-z0-9.-]+@"
-                             + re.escape(domain))
-        return pattern.sub(alias, self.msg.content)
-
     # -- the conflict check -------------------------------------------------------------------
     def cmd_involves(self, case: Case, member: Member, cmd: Command) -> None:
         self.require_receiving(case, member)
-        name = " ".join(cmd.args.split())
+        person = Person.named(cmd.args)
+        name = str(person)
         if not name:
             raise Refusal(commands.usage("involves"))
         if case.status != "New":
@@ -281,6 +318,7 @@ class Work:
         deadline = now + dt.timedelta(hours=app.settings.intake.conflict_check_hours)
         case.reported = app.keys.seal_text(name, "cases.reported")
         case.status = "Ongoing"
+        case.discard_by = None  # named: a report after all
         case.check_started_at, case.check_deadline = now, deadline
         current = standings(app, session, case)
         pending = pending_members(app, session)
@@ -289,7 +327,7 @@ class Work:
         for m in app.settings.members:
             if m.handle in pending or current.get(m.handle) not in (None, Standing.NOTIFIED):
                 continue  # excluded, or left the case while it was New: never asked back
-            if has_known_conflict(m, address=None, name=name, declared=declared.get(m.handle, ())):
+            if conflicts_with_person(m, person, declared.get(m.handle, ())):
                 set_standing(app, session, case, m.handle, Standing.EXCLUDED)
                 excluded.append(m)
             elif m == member:
@@ -359,6 +397,10 @@ class Work:
 
     # -- follow-ups ---------------------------------------------------------------------------
     def render_followup(self, case: Case, cmd: Command) -> tuple[str, str]:
+        """The follow-up's subject and text: the template rendered with what the member wrote
+        (up to the first quoted mail, signature or line naming our own mail). Refused when
+        the result would still show a coc-mail address or the thread's "via <code name>":
+        those only come from quoted mail."""
         template = cmd.args.split()[0] if cmd.args.split() else ""
         if not template:
             raise Refusal(commands.usage(cmd.name) + "\nTemplates: "
@@ -373,12 +415,34 @@ class Work:
             template, committee=self.app.settings.committee, case=case, text=cmd.body,
         )
         subject = rendered.subject or f"About your report ({case.code_name})"
+        # What the member wrote ends before any line naming our own mail (self.body); the
+        # whole rendering is checked again, so no template or unforeseen quote form can send
+        # a coc-mail address or a thread sender's name to the reporter.
+        redactor = self.redactor(case)
+        via = re.compile(r"(?i)\bvia\s+" + r"\s+".join(map(re.escape, case.code_name.split())))
+        for number, line in enumerate([subject, *rendered.body.split("\n")]):
+            if redactor.found_in(line) or via.search(readable.searchable(line)):
+                where = "the subject" if number == 0 else f"line {number} of the follow-up"
+                raise Refusal(
+                    f"Nothing was sent: {where} names our own mail (a coc-mail address or a "
+                    f'"via {case.code_name}" sender), which quoted mail brings in. Write the '
+                    "text above any quoted mail, check it with /preview, and send it again."
+                )
         return subject, rendered.body
+
+    def left_out(self) -> str:
+        """A note for the member when lines below their text were not used (a quote)."""
+        rest = [line for line in self.body.lines[self.body.stop:] if line.strip()]
+        if not rest:
+            return ""
+        return (f"\n({len(rest)} line(s) below your text were left out: quoted mail or a "
+                "signature.)\n")
 
     def cmd_preview(self, case: Case, member: Member, cmd: Command) -> None:
         self.require_receiving(case, member)
         subject, body = self.render_followup(case, cmd)
-        self.reply(member, case, f"Preview (not sent):\n\nSubject: {subject}\n\n{body}")
+        self.reply(member, case, f"Preview (not sent):\n\nSubject: {subject}\n\n{body}"
+                   + self.left_out())
 
     def cmd_followup(self, case: Case, member: Member, cmd: Command) -> None:
         self.require_receiving(case, member)
@@ -400,7 +464,7 @@ class Work:
         case.last_followup_at = utcnow()
         self.audit(case, member.handle, f"follow-up sent ({cmd.args.split()[0]})")
         self.reply(member, case, f"Sent to the reporter and kept in the document:\n\n"
-                                 f"Subject: {subject}\n\n{body}")
+                                 f"Subject: {subject}\n\n{body}" + self.left_out())
 
     # -- documentation ------------------------------------------------------------------------
     def cmd_note(self, case: Case, member: Member, cmd: Command) -> None:
@@ -420,7 +484,8 @@ class Work:
             raise Refusal("The note is empty: write it on the lines below the command.\n"
                           + commands.usage("note"))
         entry = document.add(self.app.keys, self.session, case, section=section,
-                             author=member.name, body=cmd.body, date=date)
+                             author=member.name, body=self.redactor(case).text(cmd.body),
+                             date=date)
         self.audit(case, member.handle, f"note added ({section})")
         self.reply(member, case, f"Added to {document.SECTIONS[section]} "
                                  f"({entry.entry_date:%Y-%m-%d}).\n")
@@ -485,19 +550,42 @@ class Work:
                    subject=f"[{case.code_name}] Case document")
 
     def cmd_discard(self, case: Case, member: Member, cmd: Command) -> None:
+        """Not a report (SPEC 4.7): the first /discard marks the case and tells every other
+        member who receives it; the case is deleted only when a second one confirms (or an
+        operator runs ``coc-mail discard``). No member can make a report vanish alone."""
         self.require_receiving(case, member)
         if case.status != "New":
             raise Refusal("Only a New case can be discarded (spam or misdirected mail is "
                           "recognised before anyone is named); nothing changed.")
-        code_name = case.code_name
-        self.audit(case, member.handle, "case discarded (not a report)")
-        self.reply(member, None, f'Case "{code_name}" is discarded: its report and document '
-                                 "are deleted.\n", subject=f"[{code_name}] discarded")
-        for pending in self.outbox.pending:
-            if pending.case is case:
-                pending.case = None
-        self.session.delete(case)
-        log.info("case %s discarded", code_name)
+        tag = member_tag(self.app, member.handle)
+        others = [m for m in self.receiving(case) if m != member]
+        if case.discard_by is None:
+            case.discard_by = tag
+            self.audit(case, member.handle, "discard requested (a second member must confirm)")
+            for other in others:
+                self.outbox.to_member(
+                    other, case, f"[{case.code_name}] Discard requested",
+                    f'{member.name} asked to discard case "{case.code_name}" as not a report '
+                    "(spam or misdirected mail).\nIf you agree, reply /discard: the case and "
+                    "its report are then deleted.\nIf it is a report, name the reported "
+                    "person instead: /involves NAME.\n",
+                )
+            how = ("another member who received it confirms with /discard, or an operator "
+                   f"runs `coc-mail discard {case.code_name.replace(' ', '-')}`"
+                   if others else "an operator runs `coc-mail discard "
+                   f"{case.code_name.replace(' ', '-')}` (nobody else receives this case)")
+            self.reply(member, case, f'Case "{case.code_name}" is marked for discarding. It '
+                       f"is deleted when {how}. {len(others)} other member(s) were told.\n")
+            return
+        if case.discard_by == tag:
+            raise Refusal("You asked to discard this case already; a second member who "
+                          "received it must confirm with /discard. Nothing changed.")
+        first = next((m for m in self.app.settings.members
+                      if member_tag(self.app, m.handle) == case.discard_by), None)
+        discard(self.app, self.session, self.outbox, case, member.handle,
+                f"{first.name if first else 'a member'} asked and {member.name} confirmed")
+        self.reply(member, None, f'Case "{case.code_name}" is discarded: its report and '
+                                 "document are deleted.\n", subject=f"[{case.code_name}] discarded")
 
     # -- onboarding ---------------------------------------------------------------------------
     def declare_conflicts(self, member: Member, cmd: Command) -> None:
@@ -534,11 +622,10 @@ class Work:
 
             report = app.keys.open(case.report, "cases.report")
             reporter_name = Incoming(Envelope("", []), report).from_name or None
-        reported = document.reported_of(app.keys, case) or None
+        reported = document.reported_of(app.keys, case)
         return has_known_conflict(member, address=reporter, name=reporter_name,
                                   declared=declared) or (
-            reported is not None
-            and has_known_conflict(member, address=None, name=reported, declared=declared)
+            bool(reported) and conflicts_with_person(member, Person.named(reported), declared)
         )
 
     def leave_conflicting_cases(self, member: Member, declared: Iterable[str]) -> list[Case]:

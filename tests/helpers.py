@@ -79,8 +79,13 @@ def make_report(
     subject: str = "Something happened",
     body: str = "Report body.\n",
     to: str = ALIAS,
+    *,
+    cte: str | None = None,
+    html: str | None = None,
     **headers: str,
 ) -> EmailMessage:
+    """A message as a simple client writes it; ``cte`` forces the body's transfer encoding
+    (base64, quoted-printable), ``html`` adds an HTML alternative."""
     m = EmailMessage()
     m["From"] = sender
     m["To"] = to
@@ -88,8 +93,21 @@ def make_report(
     m["Message-ID"] = email.utils.make_msgid(domain="example.com")
     for k, v in headers.items():
         m[k.replace("_", "-")] = v
-    m.set_content(body)
+    m.set_content(body, cte=cte) if cte else m.set_content(body)
+    if html is not None:
+        m.add_alternative(html, subtype="html", cte=cte) if cte else m.add_alternative(
+            html, subtype="html")
     return m
+
+
+def reads(raw: bytes, needle: str) -> bool:
+    """Would a reader of ``raw`` see ``needle``: in any part, decoded (transfer encodings,
+    charsets), in HTML as shown, as source or in attribute values, with entities and URL
+    escapes undone, in nested messages? (coc_mail.readable.views, the daemon's own reader.)"""
+    from coc_mail.readable import searchable, views
+
+    folded = searchable(needle)
+    return any(folded in searchable(view) for view in views(raw))
 
 
 def wire(msg: EmailMessage) -> bytes:

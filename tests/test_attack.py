@@ -13,7 +13,8 @@ from .helpers import ALIAS, Daemon, make_report
 def test_guessing_tokens_is_penalised_without_revealing_anything(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    d = Daemon(tmp_path, sqlite_url, extra={"server": {"unknown_recipients_per_10_minutes": 5}})
+    d = Daemon(tmp_path, sqlite_url, extra={"server": {"unknown_recipients_per_10_minutes": 5},
+                                            "intake": {"trusted_relays": []}})
     d.start()
     try:
         with d.smtp() as s:
@@ -32,7 +33,8 @@ def test_connections_per_client_and_session_length_are_bounded(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     d = Daemon(tmp_path, sqlite_url, extra={
-        "server": {"max_connections_per_ip": 3, "max_session_seconds": 2}})
+        "server": {"max_connections_per_ip": 3, "max_session_seconds": 2},
+        "intake": {"trusted_relays": []}})
     d.start()
     socks = []
     try:

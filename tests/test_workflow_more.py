@@ -46,9 +46,18 @@ def test_statusreport_discard_and_audit_tampering(tmp_path: Path, sqlite_url: st
         assert f"| New | {code} |" in sheet.text and "REPORT-XYZ" not in sheet.text
         send_as(d, "gus", addr["gus"], "/help")
         assert "/involves NAME" in mail.next(1)[0].text
-        # /discard deletes the case (not a report); its name is never drawn again.
+        # /discard by one member only marks the case and tells the other; the second
+        # member's /discard deletes it (not a report); its name is never drawn again.
         send_as(d, "ada", addr["ada"], "/discard")
-        assert "discarded" in mail.next(1)[0].text
+        marked = mail.next(2)
+        assert "marked for discarding" in to(marked, "ada").text
+        assert "asked to discard" in to(marked, "gus").text
+        assert code in d.cli("cases").stdout
+        send_as(d, "ada", addr["ada"], "/discard")
+        assert "second member" in mail.next(1)[0].text
+        send_as(d, "gus", addr["gus"], "/discard")
+        done = mail.next(2)
+        assert "is discarded" in to(done, "gus").text and "was discarded" in to(done, "ada").text
         assert code not in d.cli("cases").stdout
         trail = d.cli("audit", code)
         assert "case discarded" in trail.stdout and "chain verified" in trail.stderr
@@ -62,8 +71,10 @@ def test_statusreport_discard_and_audit_tampering(tmp_path: Path, sqlite_url: st
         mail.next(2)
         d.stop()
         db = sqlite3.connect(d.var / "coc-mail.db")
-        db.execute("UPDATE audit_log SET action = 'nothing happened' WHERE action LIKE "
-                   "'conflict check%'")
+        # Actions are sealed: the tamperer can only move one entry's sealed text onto another.
+        db.execute("UPDATE audit_log SET action = (SELECT action FROM audit_log ORDER BY id "
+                   "LIMIT 1) WHERE id = (SELECT max(id) FROM audit_log WHERE code_name = ?)",
+                   (code2,))
         db.commit()
         db.close()
         result = d.cli("audit", code2, check=False)

@@ -1,0 +1,91 @@
+"""Seal what a copy of the database without the key must not show (SPEC 9): each member's
+standing in each case, audit action texts and document section names; a case remembers who
+asked to discard it (a second member must confirm), a sent copy whether its bounce was told.
+
+Existing values are sealed with the storage key coc-mail hands the migration.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-01 10:00:00
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import context, op
+
+revision = '0005'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+SEALED = (  # table, column, primary key columns, old length
+    ('case_members', 'state', ('case_id', 'member_tag'), 16),
+    ('audit_log', 'action', ('id',), 200),
+    ('doc_entries', 'section', ('id',), 16),
+)
+
+
+def _keys() -> Any:
+    keys = context.config.attributes.get('keys')
+    if keys is None:
+        raise RuntimeError(
+            'migration 0005 seals existing values: run it through `coc-mail serve`, '
+            'which opens the storage key (not with the alembic command)'
+        )
+    return keys
+
+
+def _convert(table: str, column: str, key: tuple[str, ...], change: Any) -> None:
+    conn = op.get_bind()
+    rows = conn.execute(sa.text(
+        f'SELECT {", ".join(key)}, {column} FROM {table}'  # noqa: S608 - our own names
+    )).all()
+    where = ' AND '.join(f'{k} = :k{i}' for i, k in enumerate(key))
+    for row in rows:
+        params = {f'k{i}': row[i] for i in range(len(key))}
+        params['v'] = change(row[len(key)])
+        conn.execute(sa.text(
+            f'UPDATE {table} SET {column}_new = :v WHERE {where}'  # noqa: S608
+        ), params)
+
+
+def upgrade() -> None:
+    conn = op.get_bind()
+    for table, column, key, _length in SEALED:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column(f'{column}_new', sa.LargeBinary(), nullable=True))
+        if conn.execute(sa.text(f'SELECT count(*) FROM {table}')).scalar():  # noqa: S608
+            keys = _keys()
+            _convert(table, column, key,
+                     lambda v, t=table, c=column: keys.seal_text(str(v), f'{t}.{c}'))
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column(column)
+            batch_op.alter_column(f'{column}_new', new_column_name=column, nullable=False,
+                                  existing_type=sa.LargeBinary())
+    with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('discard_by', sa.String(length=32), nullable=True))
+    with op.batch_alter_table('sent_copies', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('bounced_at', sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    conn = op.get_bind()
+    with op.batch_alter_table('sent_copies', schema=None) as batch_op:
+        batch_op.drop_column('bounced_at')
+    with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.drop_column('discard_by')
+    for table, column, key, length in SEALED:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column(f'{column}_new', sa.String(length=length),
+                                          nullable=True))
+        if conn.execute(sa.text(f'SELECT count(*) FROM {table}')).scalar():  # noqa: S608
+            keys = _keys()
+            _convert(table, column, key,
+                     lambda v, t=table, c=column: keys.open_text(bytes(v), f'{t}.{c}'))
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column(column)
+            batch_op.alter_column(f'{column}_new', new_column_name=column, nullable=False,
+                                  existing_type=sa.String(length=length))
