@@ -20,14 +20,16 @@ Guard = Callable[[str], object]  # a caller's own test for a line of quoted mail
 
 _VERBS = (
     r"wrote|writes|a écrit|a ecrit|écrit|schrieb|hat geschrieben|escribió|escribio|ha scritto"
-    r"|scrisse|escreveu|schreef|heeft geschreven|skrev|skriver|napisał\(a\)|napisał|napisała"
+    r"|scrisse|escreveu|schreef|heeft geschreven|geschreven|skrev|skriver|napisał\(a\)"
+    r"|napisał/a|napisał|napisała"
     r"|pisze|написал\(а\)|написал|написала|пишет|написав|пише|napsal\(a\)|napsal|kirjoitti"
     r"|írta|yazdı|έγραψε|a scris|napísal|je napisal|rašė|rakstīja|kirjutas|schreibt"
-    r"|のメッセージ|書きました|写道|寫道|작성|님이 작성"
+    r"|のメッセージ|のメール|書きました|より|写道|寫道|작성|님이 작성"
 )
 # "... wrote:" and its translations, ending the (joined) line, colon optional for CJK.
+_CJK_VERBS = r"写道|寫道|のメッセージ|のメール|書きました|작성"  # the colon may be left out
 _ATTRIBUTION = re.compile(
-    rf"(?i)(?:{_VERBS})\s*(?:\([^)]*\))?\s*[:：]\s*$|(?:写道|寫道|のメッセージ|書きました|작성)\s*$"
+    rf"(?i)(?:{_VERBS})\s*(?:\([^)]*\))?\s*[:：]\s*$|(?:{_CJK_VERBS})\s*$"
 )
 _ADDRESS = re.compile(r"[^\s<>()\[\]]+@[^\s<>()\[\]]+\.[^\s<>()\[\]]+")
 _DATEISH = re.compile(r"\d{1,2}[:.]\d{2}|\d{4}|\d{1,2}/\d{1,2}/\d{2,4}")
@@ -43,7 +45,8 @@ _OTHER_LABELS = (
     r"|emne|wysłano|do|temat|отправлено|кому|тема|дата|надіслано|发送时间|發送時間|收件人|主题|主旨"
     r"|日期|送信日時|宛先|件名|日付|보낸 날짜|받는 사람|제목|lähetetty|vastaanottaja|aihe"
     r"|elküldve|címzett|tárgy|gönderildi|kime|konu|tarih|assunto|enviada|odesláno|komu|předmět"
-    r"|sendte|skickades|στάλθηκε|προς|θέμα|trimis|către|subiect"
+    r"|sendte|skickades|στάλθηκε|προς|θέμα|trimis|către|subiect|enviado el|enviada em"
+    r"|inviato il|送信日|抄送|dw|wysłane|kopia|sujet|pour|répondre à|antwort an|reply-to"
 )
 _HEADER = r"^\s*[*]?\s*(?:{})\s*[*]?\s*[:：]"
 _FROM_LINE = re.compile(_HEADER.format(_FROM_LABELS), re.IGNORECASE)
@@ -52,13 +55,17 @@ _OTHER_LINE = re.compile(_HEADER.format(_OTHER_LABELS), re.IGNORECASE)
 _RULE = re.compile(
     r"^\s*(?:_{8,}|-{2,}\s*[^-\s][^-]{0,80}?\s*-{2,}|-{20,})\s*$"
 )
+_FORWARDED_WORDS = (
+    "begin forwarded message", "début du message réexpédié", "debut du message reexpedie",
+    "début du message transféré", "anfang der weitergeleiteten nachricht",
+    "inicio del mensaje reenviado", "inizio messaggio inoltrato", "begin doorgestuurd bericht",
+    "início da mensagem reencaminhada", "início da mensagem encaminhada",
+    "inicio da mensagem encaminhada", "vidarebefordrat meddelande", "vidarebefordrat mejl",
+    "początek przekazywanej wiadomości", "начало переадресованного сообщения", "转发的邮件",
+    "轉寄的郵件", "転送されたメッセージ", "forwarded message",
+)
 _FORWARDED = re.compile(
-    r"(?i)^\s*(?:begin forwarded message|début du message réexpédié|debut du message reexpedie"
-    r"|anfang der weitergeleiteten nachricht|inicio del mensaje reenviado|inizio messaggio "
-    r"inoltrato|begin doorgestuurd bericht|início da mensagem reencaminhada|inicio da mensagem "
-    r"encaminhada|vidarebefordrat meddelande|początek przekazywanej wiadomości|начало "
-    r"переадресованного сообщения|转发的邮件|轉寄的郵件|転送されたメッセージ"
-    r"|forwarded message)\s*[:：]"
+    r"(?i)^\s*(?:以下是)?(?:" + "|".join(map(re.escape, _FORWARDED_WORDS)) + r")\s*[:：]"
 )
 _QUOTED = re.compile(r"^\s*(?:>|&gt;)")
 _SIGNATURE = re.compile(r"^--\s*$")
@@ -66,8 +73,9 @@ _FOOTER = re.compile(
     r"(?i)^\s*(?:sent from (?:my|outlook|mail|yahoo)|get outlook for|envoyé de mon"
     r"|envoye de mon|von meinem .{1,40} gesendet|gesendet von (?:meinem|mail)|enviado desde mi"
     r"|enviado do meu"
-    r"|inviato da|verzonden (?:met|vanaf) mijn|skickat från min|wysłane z mojego|отправлено с "
-    r"моего|从我的|iphoneから送信)\b.{0,60}$"
+    r"|inviato da|verzonden (?:met|vanaf) mijn|verstuurd (?:met|vanaf) mijn|skickat från min"
+    r"|wysłane z|отправлено с|从我的|发自我的|iphoneから送信|.{0,30}(?:iphone|ipad|android)"
+    r"(?:から送信|에서 보냄)).{0,60}$"
 )
 
 
@@ -145,3 +153,17 @@ def unflow(lines: Sequence[str], *, delsp: bool) -> list[str]:
     if carry is not None:
         out.append(">" * carry_depth + (" " if carry_depth else "") + carry)
     return out
+
+
+def our_mail(alias: str, code_name: str | None, names_our_address: Guard) -> list[Guard]:
+    """Tests for lines that can only come from quoting our own mail, whatever the client and
+    language: the alias in angle brackets or brackets or a mailto (every attribution line and
+    header block of a reply to coc-mail names the sender so), a thread post's sender name
+    ("Ada Example via home shelf"), and any ``+`` address of ours (``names_our_address``)."""
+    at = re.escape(alias)
+    marks: list[Guard] = [
+        re.compile(rf"(?i)[<\[(]\s*(?:mailto:)?{at}\s*[>\])]|mailto:{at}").search]
+    if code_name:
+        via = r"\s+".join(re.escape(w) for w in code_name.split())
+        marks.append(re.compile(rf"(?i)\bvia\s+{via}\b").search)
+    return [*marks, names_our_address]

@@ -18,7 +18,7 @@ import quopri
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage, Message
@@ -37,7 +37,7 @@ BLOCK = frozenset({
     "address", "article", "aside", "blockquote", "center", "dd", "details", "dialog", "dir",
     "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3",
     "h4", "h5", "h6", "header", "hr", "li", "main", "menu", "nav", "ol", "p", "pre", "section",
-    "summary", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul", "caption", "legend",
+    "summary", "table", "tbody", "tfoot", "thead", "tr", "ul", "caption", "legend",
     "option", "body", "html", "frameset", "noframes", "listing", "plaintext", "xmp",
 })
 PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "pre"})
@@ -100,15 +100,19 @@ def decoded_text(part: Message) -> str:
         inner = part.get_payload()
         return inner if isinstance(inner, str) else ""
     charset = str(part.get_content_charset() or "utf-8").strip().strip('"').lower()
-    for name in (charset, "utf-8"):
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        charset = "utf-8"
+    for name in dict.fromkeys((charset, "utf-8")):
         try:
-            codecs.lookup(name)
             return payload.decode(name)
-        except (LookupError, UnicodeDecodeError):
+        except Exception:  # noqa: BLE001, S112 - UnicodeDecodeError, or a codec's own error
             continue
-        except Exception:  # noqa: BLE001, S112 - some codecs raise other errors on junk
-            continue
-    return payload.decode("latin-1")
+    try:  # the declared charset, its broken bytes replaced: still closest to what is shown
+        return payload.decode(charset, "replace")
+    except Exception:  # noqa: BLE001 - a codec that cannot even do that
+        return payload.decode("latin-1")
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -126,6 +130,12 @@ def is_quote(el: etree._Element) -> bool:
     if tag == "hr" and (el.get("tabindex") == "-1" or _words(el.get("id")) & QUOTE_IDS):
         return True  # Outlook on the web puts this rule before its header block
     return tag == "div" and bool(_OUTLOOK_BORDER.search(el.get("style") or ""))
+
+
+def _paragraph(el: etree._Element, tag: str) -> bool:
+    """Is there a blank line around this block? Not for Word's MsoNormal paragraphs (Outlook
+    sets their margins to 0 and writes an empty paragraph for a blank line)."""
+    return tag in PARAGRAPH and "msonormal" not in _words(el.get("class"))
 
 
 def is_signature(el: etree._Element) -> bool:
@@ -158,8 +168,9 @@ class _Lines:
         self.current = []
 
     def block(self, *, paragraph: bool = False) -> None:  # a block's edge: a new line if needed
-        if self.current:
-            self.hard_break()
+        if any(not c.isascii() or not c.isspace() for c in "".join(self.current)):
+            self.hard_break()  # (a line of just &nbsp; is a blank line: Outlook's way)
+        self.current = []
         if paragraph and self.lines and self.lines[-1].strip():
             self.lines.append("")
 
@@ -206,8 +217,7 @@ def html_body(source: str) -> Body:
             if tag == "br":
                 out.hard_break()
             elif tag in BLOCK:
-                out.block(paragraph=tag in PARAGRAPH and "msonormal" not in _words(
-                    el.get("class")))
+                out.block(paragraph=_paragraph(el, tag))
             if tag in ("pre", "textarea", "listing", "xmp", "plaintext"):
                 pre += 1
             if tag in ("td", "th") and out.current:
@@ -219,7 +229,7 @@ def html_body(source: str) -> Body:
         if tag in ("pre", "textarea", "listing", "xmp", "plaintext"):
             pre = max(0, pre - 1)
         if tag in BLOCK and tag not in SKIP:
-            out.block(paragraph=tag in PARAGRAPH)
+            out.block(paragraph=_paragraph(el, tag))
         out.add(el.tail or "", pre=pre > 0)
     lines = out.finish()
     if stop is None:
@@ -239,10 +249,10 @@ def first_text_part(msg: EmailMessage) -> Message | None:
         return None
 
 
-def body(raw: bytes | EmailMessage) -> Body:
+def body(raw: bytes | EmailMessage, guards: Iterable[quotes.Guard] = ()) -> Body:
     """The lines a client shows first (the text part, else the HTML made plain) and where the
-    quoted mail or signature begins: HTML markers and the plain-text rules of
-    :mod:`coc_mail.quotes`, whichever comes first."""
+    quoted mail or signature begins: HTML markers, the plain-text rules of
+    :mod:`coc_mail.quotes` or a line one of ``guards`` finds, whichever comes first."""
     try:
         msg = parse(raw) if isinstance(raw, bytes) else raw
         part = first_text_part(msg)
@@ -262,7 +272,7 @@ def body(raw: bytes | EmailMessage) -> Body:
         while lines and not lines[-1]:
             lines.pop()
         found = Body(lines, len(lines))
-    stop = min(found.stop, quotes.first_quote(found.lines))
+    stop = min(found.stop, quotes.first_quote(found.lines[:found.stop], guards))
     return Body(found.lines, stop)
 
 

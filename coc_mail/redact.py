@@ -42,10 +42,14 @@ NOTE = "[coc-mail: a coc-mail address was removed here]"
 
 
 def _char(c: str) -> str:
-    """A pattern for one character written plainly or as an HTML entity or URL escape."""
-    options = [re.escape(c), f"%{ord(c):02x}", f"&#0*{ord(c)};?", f"&#x0*{ord(c):x};?"]
-    options += [re.escape("&" + n) for n in _NAMED.get(c, [])]
-    return "(?:" + "|".join(options) + ")"
+    """A pattern for one character written plainly or as an HTML entity or URL escape, in
+    either case (the patterns are matched ignoring case; entity numbers are not)."""
+    options: list[str] = []
+    for form in dict.fromkeys((c, c.lower(), c.upper())):
+        options += [re.escape(form), f"%{ord(form):02x}", f"&#0*{ord(form)};?",
+                    f"&#x0*{ord(form):x};?"]
+        options += [re.escape("&" + n) for n in _NAMED.get(form, [])]
+    return "(?:" + "|".join(dict.fromkeys(options)) + ")"
 
 
 def _literal(text: str) -> str:

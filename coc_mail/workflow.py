@@ -137,24 +137,14 @@ class Work:
         return Redactor(self.app.alias, secrets)
 
     def quoted_mail_marks(self, case: Case | None) -> list[quotes.Guard]:
-        """Lines that can only come from quoting our own mail, whatever the client: a thread
-        post's sender name ("Ada via home shelf"), the alias in angle brackets or a mailto
-        (every attribution and header block of a reply to us names it so), and any of our
-        ``+`` addresses."""
-        alias = re.escape(self.app.alias)
-        marks = [re.compile(rf"(?i)[<\[(]\s*(?:mailto:)?{alias}\s*[>\])]|mailto:{alias}").search]
-        if case is not None:
-            via = r"\s+".join(re.escape(w) for w in case.code_name.split())
-            marks.append(re.compile(rf"(?i)\bvia\s+{via}\b").search)
-        found_in = self.redactor(case).found_in
-        return [*marks, found_in]
+        """Lines that can only come from quoting our own mail (see quotes.our_mail)."""
+        return quotes.our_mail(self.app.alias, case.code_name if case else None,
+                               self.redactor(case).found_in)
 
     # -- entry points -------------------------------------------------------------------------
     def member_mail(self, case: Case | None, member: Member) -> None:
         try:
-            shown = readable.body(self.msg.content)
-            stop = quotes.first_quote(shown.lines[:shown.stop], self.quoted_mail_marks(case))
-            self.body = readable.Body(shown.lines, stop)
+            self.body = readable.body(self.msg.content, self.quoted_mail_marks(case))
             try:
                 command = commands.parse(self.body.lines, self.body.stop)
             except UnknownCommand as exc:
@@ -411,6 +401,11 @@ class Work:
         if template not in self.app.templates.names():
             raise Refusal(f"No template named {template}. Templates: " + ", ".join(
                 n for n in self.app.templates.names() if n not in INTERNAL_TEMPLATES))
+        if not cmd.body.strip() and self.left_out():
+            raise Refusal("Nothing was sent: everything below the command looks like quoted "
+                          "mail, a signature or a line naming our own mail (a coc-mail "
+                          "address, a thread sender). Write your text on the lines right "
+                          "below the command, above any quote.")
         rendered = self.app.templates.render(
             template, committee=self.app.settings.committee, case=case, text=cmd.body,
         )
