@@ -18,7 +18,7 @@ import quopri
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage, Message
@@ -303,8 +303,10 @@ def searchable(text: str) -> str:
     return html_lib.unescape(text).casefold()
 
 
-def _html_views(source: str) -> Iterator[str]:
+def _html_views(source: str, wanted: Callable[[str], bool] | None) -> Iterator[str]:
     yield source  # the source itself, as "view source" shows it
+    if wanted is not None and not wanted(source):
+        return  # nothing the caller looks for can be in the views made from it
     no_tags = _TAG.sub("", source)
     yield no_tags  # text split by inline tags read as one
     yield "\n".join(html_body(source).lines)
@@ -333,14 +335,25 @@ def _raw_views(data: bytes) -> Iterator[str]:
         except (binascii.Error, ValueError):
             continue
         yield decoded.decode("utf-8", "replace")
-        yield decoded.decode("utf-16-le", "replace")
 
 
-def views(raw: bytes, *, depth: int = 0) -> Iterator[str]:
+def views(raw: bytes, *, depth: int = 0,
+          wanted: Callable[[str], bool] | None = None) -> Iterator[str]:
     """Every string a reader of ``raw`` could see: each header decoded, each part's decoded
     text (HTML as source, as shown and as attribute values), binary parts as Latin-1 and
     UTF-16, nested messages in full, and the raw bytes read without trusting the MIME
-    structure. Feed them through :func:`searchable` before matching."""
+    structure. Feed them through :func:`searchable` before matching. ``wanted`` tells from
+    an HTML source whether its costlier views (parsed, laid out) can hold what the caller
+    looks for. A view equal to one already given is not given again."""
+    seen: set[tuple[int, int]] = set()
+    for view in _all_views(raw, depth, wanted):
+        key = (len(view), hash(view))
+        if key not in seen:
+            seen.add(key)
+            yield view
+
+
+def _all_views(raw: bytes, depth: int, wanted: Callable[[str], bool] | None) -> Iterator[str]:
     yield from _raw_views(raw)
     if depth > MAX_DEPTH:
         return
@@ -348,10 +361,11 @@ def views(raw: bytes, *, depth: int = 0) -> Iterator[str]:
         msg = parse(raw)
     except Exception:  # noqa: BLE001 - the raw views are all there is
         return
-    yield from _message_views(msg, depth)
+    yield from _message_views(msg, depth, wanted)
 
 
-def _message_views(msg: Message, depth: int) -> Iterator[str]:
+def _message_views(msg: Message, depth: int,
+                   wanted: Callable[[str], bool] | None) -> Iterator[str]:
     stack: list[tuple[Message, int]] = [(msg, depth)]
     while stack:
         part, level = stack.pop()
@@ -380,10 +394,13 @@ def _message_views(msg: Message, depth: int) -> Iterator[str]:
             text = decoded_text(part)
             yield text
             if ctype == "text/html":
-                yield from _html_views(text)
+                yield from _html_views(text, wanted)
             continue
-        yield from _raw_views(data)
+        # Not text: its bytes as a viewer or a hex dump shows them (ASCII, and the UTF-16 that
+        # office documents store strings in).
+        yield data.decode("latin-1")
+        yield data.decode("utf-16-le", "replace")
         yield data.decode("utf-16-be", "replace")
         if ctype in ("message/rfc822", "message/global") or (
                 str(part.get_filename() or "").lower().endswith(".eml")):
-            yield from views(data, depth=level + 1)
+            yield from views(data, depth=level + 1, wanted=wanted)

@@ -42,14 +42,19 @@ NOTE = "[coc-mail: a coc-mail address was removed here]"
 
 
 def _char(c: str) -> str:
-    """A pattern for one character written plainly or as an HTML entity or URL escape, in
-    either case (the patterns are matched ignoring case; entity numbers are not)."""
-    options: list[str] = []
-    for form in dict.fromkeys((c, c.lower(), c.upper())):
-        options += [re.escape(form), f"%{ord(form):02x}", f"&#0*{ord(form)};?",
-                    f"&#x0*{ord(form):x};?"]
-        options += [re.escape("&" + n) for n in _NAMED.get(form, [])]
-    return "(?:" + "|".join(dict.fromkeys(options)) + ")"
+    """A pattern for one character written plainly, fullwidth, or as an HTML entity or URL
+    escape (escaped twice too: ``%2540``, ``&amp;#64;``), in either case (the patterns are
+    matched ignoring case; entity numbers are not). Three branches, each opened by one
+    character test, so that scanning a long text stays fast."""
+    forms = list(dict.fromkeys((c, c.lower(), c.upper())))
+    codes = [ord(f) for f in forms]
+    wide = [x + 0xFEE0 for x in codes if 0x21 <= x <= 0x7E]
+    chars = "".join(re.escape(chr(x)) for x in codes + wide)
+    numbers = "|".join([f"0*{x}" for x in codes + wide] + [f"x0*{x:x}" for x in codes + wide])
+    names = [re.escape(n) for f in forms for n in _NAMED.get(f, [])]
+    entity = f"#(?:{numbers});?" + "".join("|" + n for n in names)
+    percent = "|".join(f"{x:02x}" for x in codes)
+    return f"(?:[{chars}]|%(?:25)*(?:{percent})|&(?:amp;)*(?:{entity}))"
 
 
 def _literal(text: str) -> str:
@@ -57,9 +62,10 @@ def _literal(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _patterns(alias: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """The tolerant pattern (for rewriting) and the plain one (for searching readable text)
-    of the ``+`` addresses of ``alias``; compiled once."""
+def _patterns(alias: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """For the ``+`` addresses of ``alias``, compiled once: the tolerant pattern (for
+    rewriting), the plain one (for readable text) and the tolerant domain alone (an address
+    cannot be anywhere the domain is not, in some form: where to look)."""
     local, _, domain = alias.partition("@")
     tolerant = (
         _literal(local) + f"(?:{_INVISIBLE}{_literal('-bounces')})?" + _INVISIBLE
@@ -67,7 +73,11 @@ def _patterns(alias: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
         + _literal("@") + _INVISIBLE + _literal(domain)
     )
     plain = re.escape(local) + r"(?:-bounces)?\+[^\s@<>\"'()\[\],;:]{1,160}@" + re.escape(domain)
-    return re.compile(tolerant, re.IGNORECASE), re.compile(plain)
+    return (re.compile(tolerant, re.IGNORECASE), re.compile(plain),
+            re.compile(_literal(domain), re.IGNORECASE))
+
+
+BEFORE, AFTER = 4000, 64  # characters read around a domain: an escaped address fits
 
 
 @functools.lru_cache(maxsize=1024)
@@ -81,7 +91,7 @@ class Redactor:
     def __init__(self, alias: str, secrets: Iterable[str] = ()) -> None:
         self.alias = alias.lower()
         self.secrets = sorted({s.lower() for s in secrets if s}, key=len, reverse=True)
-        self.pattern, self.search = _patterns(self.alias)
+        self.pattern, self.search, self.domain = _patterns(self.alias)
 
     @property
     def secret_patterns(self) -> list[re.Pattern[str]]:
@@ -89,18 +99,42 @@ class Redactor:
 
     # -- finding ----------------------------------------------------------------------------
     def found_in(self, text: str) -> bool:
-        """Does ``text``, read as a person could read it, show an address of ours or a token?"""
-        plain = readable.searchable(text)
-        if self.search.search(plain):
-            return True
-        if not self.secrets:
-            return False
-        squeezed = re.sub(r"\s+", "", plain)
-        return any(s in plain or s in squeezed for s in self.secrets)
+        """Does ``text``, read as a person could read it (:func:`readable.searchable`), show
+        an address of ours or a known token? Linear in the text: both are looked for around
+        each place the domain shows in any form (a token travels in an address; one pasted
+        on its own, far from any address, is a member's deliberate act, not a leak)."""
+        for start, end in self._windows(text):
+            plain = readable.searchable(text[start:end])
+            if self.search.search(plain):
+                return True
+            squeezed = re.sub(r"\s+", "", plain)
+            if any(s in plain or s in squeezed for s in self.secrets):
+                return True
+        return False
+
+    def _windows(self, text: str) -> list[tuple[int, int]]:
+        """The stretches of ``text`` before each appearance of the domain, merged."""
+        windows: list[tuple[int, int]] = []
+        for m in self.domain.finditer(text):
+            start, end = max(0, m.start() - BEFORE), m.end() + AFTER
+            if windows and start <= windows[-1][1]:
+                windows[-1] = (windows[-1][0], end)
+            else:
+                windows.append((start, end))
+        return windows
+
+    def shows_domain(self, text: str) -> bool:
+        return self.domain.search(text) is not None
 
     def leaks(self, raw: bytes) -> bool:
         """Does any view of the message (parts, encodings, HTML) show one?"""
-        return any(self.found_in(view) for view in readable.views(raw))
+        return any(self.found_in(view)
+                   for view in readable.views(raw, wanted=self.worth_reading))
+
+    def worth_reading(self, source: str) -> bool:
+        """Can an HTML source hold an address at all (the domain in any form)? If not, its
+        costlier views need not be made."""
+        return self.shows_domain(source)
 
     # -- removing ---------------------------------------------------------------------------
     def text(self, text: str) -> str:

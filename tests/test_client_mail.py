@@ -170,7 +170,7 @@ def test_any_escaping_of_the_address_is_removed(choices: list[str], cte: str, wh
     if charset == "utf-16" and cte in ("8bit", "7bit"):
         cte = "base64"
     plain = f"KEEP-THIS reply to {escaped if where in ('text', 'both') else 'me'}\n"
-    if cte == "7bit" and not plain.isascii():
+    if cte == "7bit" and not (plain + escaped).isascii():
         cte = "quoted-printable"
     try:
         (plain + escaped).encode(charset)
