@@ -25,6 +25,7 @@ from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.helpers import Daemon, Relay, make_report, wait_for
 
 MEMBERS = ("ada@example.net", "grace@example.net", "linus@example.net")
+STALL = "## Stall test"
 
 
 def header(data: bytes, name: bytes) -> str:
@@ -228,8 +229,11 @@ def main() -> int:
         "| measure | value |",
         "|---|---|",
     ] + [f"| {k} | {v} |" for k, v in hostile.items()]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.read_text() if out.exists() else ""
+    stall = old[old.index(STALL):] if STALL in old else ""  # bench.stall's section stays
+    out.write_text("\n".join(lines) + "\n" + ("\n" + stall if stall else ""))
     print("\n".join(lines))
     bad = any(r["lost"] for r in results) or not hostile["next real report delivered"]
     return 1 if bad else 0
