@@ -272,7 +272,7 @@ class Processing(_Section):
     max_header_fields: int = Field(default=1000, gt=0)
     max_parameters: int = Field(default=100, gt=0)
     max_dkim_signed_headers: int = Field(default=100, gt=0)
-    max_cpu_seconds: float = Field(default=30.0, gt=0)
+    max_cpu_seconds: float = Field(default=10.0, gt=0)
 
 
 class Templates(_Section):

@@ -79,10 +79,32 @@ def has_known_conflict(
     return any(entry_matches(e, address=address, name=name) for e in entries)
 
 
+def may_be(member: Member, person: Person) -> bool:
+    """Could ``person``, as a member named them, be this member? Their address, their name
+    (see :func:`normalize_name`), their handle, one word of their name alone ("Mallory"), or
+    their name with words shortened ("Mallory M.", "M. Member"). Erring this way only keeps a
+    member out of a case; erring the other way would tell the reported person about it."""
+    if person.address and person.address == member.email:
+        return True
+    named = normalize_name(person.name)
+    if not named:
+        return False
+    mine = normalize_name(member.name).split()
+    if named == " ".join(mine) or named == member.handle:
+        return True
+    words = [w.rstrip(".") for w in named.split()]
+    if len(words) == 1:
+        return words[0] in mine
+    return len(words) == len(mine) and all(
+        m.startswith(w) for w, m in zip(words, mine, strict=True)) and any(
+        w == m for w, m in zip(words, mine, strict=True))
+
+
 def conflicts_with_person(member: Member, person: Person, declared: Iterable[str] = ()) -> bool:
-    """Is the member ``person``, or did they list them (by address or by name)?"""
-    return has_known_conflict(member, address=person.address or None,
-                              name=person.name or None, declared=declared)
+    """Is the member possibly ``person`` (:func:`may_be`), or did they list them (by address
+    or by name)?"""
+    return may_be(member, person) or has_known_conflict(
+        member, address=person.address or None, name=person.name or None, declared=declared)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,22 @@ from .errors import StorageKeyError
 
 ENV_KEY = "COC_MAIL_KEY"
 _VERSION = b"\x01"
+_PADDED = b"\x02"  # the plaintext was padded (ISO/IEC 7816-4: 0x80, then zeros) to a block
+# Short values whose length alone would tell something (a standing "asked" from
+# "conflicted", one member's handle from another's, an action's kind) are sealed padded to a
+# multiple of this many bytes, so that their ciphertexts are all of a few lengths.
+PADDED: dict[str, int] = {
+    "case_members.state": 32,
+    "audit_log.action": 64,
+    "audit_log.actor": 64,
+    "doc_entries.section": 32,
+    "doc_entries.author": 64,
+    "sent_copies.role": 64,
+    "cases.reported": 64,
+    "cases.reporter": 64,
+    "cases.sheet": 64,
+    "member_records.conflicts": 64,
+}
 BIG = 1 << 20  # a "big" value: from this size on, values are sealed, stored, sent and
 #                 received in pieces or one at a time, never copied whole (one threshold)
 
@@ -41,8 +57,16 @@ class Keyring:
         self._tag_key = _derive(master, b"tag")
 
     # -- encryption -------------------------------------------------------------------------
-    def seal(self, plain: bytes, context: str) -> bytes:
-        """Encrypt ``plain``; ``context`` (table.column) binds the ciphertext to its place."""
+    def seal(self, plain: bytes, context: str, *, padded: bool = True) -> bytes:
+        """Encrypt ``plain``; ``context`` (table.column) binds the ciphertext to its place.
+        Values of the contexts in :data:`PADDED` are padded first (unless ``padded`` is
+        false: for a downgrade to a release that cannot read padding)."""
+        block = PADDED.get(context) if padded else None
+        if block:
+            filled = plain + b"\x80"
+            filled += b"\x00" * (-len(filled) % block)
+            nonce = os.urandom(12)
+            return _PADDED + nonce + self._aead.encrypt(nonce, filled, context.encode())
         if len(plain) < BIG:
             nonce = os.urandom(12)
             return _VERSION + nonce + self._aead.encrypt(nonce, plain, context.encode())
@@ -68,15 +92,22 @@ class Keyring:
 
     def open(self, sealed: bytes, context: str) -> bytes:
         """Decrypt what :meth:`seal` produced; a wrong key or a moved value raises."""
-        if not sealed or sealed[:1] != _VERSION:
+        version = bytes(sealed[:1])
+        if version not in (_VERSION, _PADDED):
             raise StorageKeyError(f"{context}: not a coc-mail ciphertext")
         try:
             view = memoryview(sealed)  # no copy of a big ciphertext
-            return self._aead.decrypt(view[1:13], view[13:], context.encode())
+            plain = self._aead.decrypt(view[1:13], view[13:], context.encode())
         except InvalidTag:
             raise StorageKeyError(
                 f"{context}: cannot decrypt: this is not the key the database was written with"
             ) from None
+        if version == _PADDED:
+            end = plain.rstrip(b"\x00")
+            if not end.endswith(b"\x80"):
+                raise StorageKeyError(f"{context}: bad padding")
+            return end[:-1]
+        return plain
 
     def seal_text(self, plain: str, context: str) -> bytes:
         return self.seal(plain.encode("utf-8"), context)

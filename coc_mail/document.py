@@ -64,8 +64,16 @@ def set_sheet(keys: Keyring, case: Case, fields: dict[str, str]) -> None:
     case.sheet = keys.seal(json.dumps(merged).encode(), "cases.sheet")
 
 
+def reported_people(keys: Keyring, case: Case) -> list[str]:
+    """The people the case involves, as members named them (``/involves``), in order."""
+    if not case.reported:
+        return []
+    return [p for p in keys.open_text(case.reported, "cases.reported").split("\n") if p]
+
+
 def reported_of(keys: Keyring, case: Case) -> str:
-    return keys.open_text(case.reported, "cases.reported") if case.reported else ""
+    """The people the case involves, for a line of text."""
+    return "; ".join(reported_people(keys, case))
 
 
 def render(keys: Keyring, session: Session, case: Case) -> str:

@@ -25,12 +25,15 @@ LIST_HEADERS = ("list-id", "list-unsubscribe")
 # Headers that mark a possible auto-reply only together with a vacation subject.
 HINT_HEADERS = ("x-auto-response-suppress", "x-ms-exchange-generated-message-source",
                 "x-ms-exchange-processed-by-bccfoldering")
+_AUTO = (r"auto\w*|automaattinen|otomatik|автоматическ\w*|αυτόματη|自动|自動|자동")
+_ANSWER = (r"reply|response|answer|antwort|antwoord|réponse|reponse|respuesta|resposta|risposta"
+           r"|svar|vastaus|yanıt|odpověď|odpowiedź|válasz|răspuns|ответ|απάντηση|回复|回覆|応答"
+           r"|返信|응답")
 VACATION = re.compile(
-    r"(?i)^\s*(?:\[[^]]*\]\s*)?(?:auto(?:matic)?[ _-]?(?:reply|response|antwort)|out of (?:the )?"
-    r"office|ooo\b|abwesenheit|r[ée]ponse automatique|absence|respuesta autom[áa]tica|fuera de la "
-    r"oficina|risposta automatica|fuori sede|automatisch antwoord|afwezig|autosvar|fr[åa]nvaro"
-    r"|odpowied[źz] automatyczna|автоответ|нет на месте|自动回复|自動回覆|自動応答|不在|vacation"
-    r"|on leave|away from)"
+    rf"(?i)^\s*(?:\[[^]]*\]\s*)?(?:(?:{_AUTO})[\s_-]*(?:{_ANSWER})|(?:{_ANSWER})[\s_-]*"
+    rf"(?:{_AUTO})|автоответ|out of (?:the )?office|ooo\b|abwesenheit|absence|fuera de la "
+    r"oficina|fuori sede|afwezig|fr[åa]nvaro|нет на месте|不在|vacation|on leave|away from"
+    r"|poza biurem|mimo kancelář|poissa|işyeri dışında|hors du bureau)"
 )
 
 
@@ -93,7 +96,10 @@ class Incoming:
             for value in self.headers.get_all(header, []):
                 text = str(value)[-MAX_HEADER_VALUE:]
                 ids += [f"<{p.strip('<> ')}>" for p in text.split() if "@" in p]
-        return [i for i in ids if len(i) <= 250][-MAX_REFERENCES:]
+        # Only printable ids: a NUL or control byte is no Message-ID of ours, and some
+        # databases refuse it in a query (a DataError the message itself would cause).
+        return [i for i in ids if len(i) <= 250 and i.isprintable() and i.isascii()
+                ][-MAX_REFERENCES:]
 
     def auto_reply(self) -> str:
         """Why this is an automatic message (an out-of-office reply, a responder, a bounce

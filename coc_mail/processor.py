@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from email.utils import formataddr
 from pathlib import Path
 
 from sqlalchemy import delete, func, insert, or_, update
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from . import audit, budget, conflicts, dkim, document, readable
@@ -36,11 +37,12 @@ from .outbox import Outbox
 from .redact import Redactor
 from .spool import Envelope
 from .store import (
-    AckBudget,
     Case,
+    CodeName,
     Inbound,
     ProcessedInbound,
     SentCopy,
+    counter,
     deferred_blob,
     fill_blob,
     utcnow,
@@ -55,7 +57,10 @@ BATCH_BYTES = 4 << 20  # and about this much content at most (a big report goes 
 DIGEST_PENDING = "digest-pending"
 NOTICES_PER_HOUR = 3
 MEMBER_STATE = "coc-mail member state"
-DB_TROUBLE = (OperationalError, DisconnectionError, DBAPIError)
+# The database itself is in trouble (down, locked, full): not the message's fault, so the loop
+# waits and tries again. Any other error (an IntegrityError, a DataError: what a message can
+# cause) is the message's: retried a few times on its own, then set aside.
+DB_TROUBLE = (OperationalError, DisconnectionError, InterfaceError)
 
 
 @dataclass
@@ -451,6 +456,14 @@ class Processor:
         reporters = [case for case, role in refs if role == "reporter"]
         own = [case for case, role in refs if member is not None and role == member.handle]
         if not reporters and not own:
+            automatic = bool(msg.auto_reply())
+            if (automatic or member is not None) and self.carries_our_mail(unit):
+                if automatic:
+                    self.automatic_about_our_mail(unit)
+                else:
+                    assert member is not None
+                    self.member_forwarded_case_mail(unit, member)
+                return
             self.new_case(unit, without)
             return
         case = (reporters or own)[0]
@@ -462,6 +475,65 @@ class Processor:
             self.member_wrote_to_alias(unit, case, member)
         else:
             self.reporter_correspondence(unit, case)
+
+    # -- mail at the alias that carries our own mail ------------------------------------------
+    def our_copies(self, unit: Unit) -> list[SentCopy]:
+        """Copies of ours that the message names (In-Reply-To, References) or carries inside
+        (a bounce or an auto-reply quoting our copy's headers)."""
+        found = re.findall(rf"<[0-9a-f]{{24}}@{re.escape(self.app.domain)}>",
+                           unit.msg.content[:4 << 20].decode("latin-1").lower())[:50]
+        ids = list(dict.fromkeys([*unit.msg.referenced_ids(), *found]))
+        if not ids:
+            return []
+        return list(unit.session.exec(
+            select(SentCopy).where(col(SentCopy.message_id).in_(ids))).all())
+
+    def carries_our_mail(self, unit: Unit) -> bool:
+        """Does this message quote or forward mail of ours: it names or embeds one of our
+        copies, shows one of our ``+`` addresses in any part, or a thread sender ("Ada via
+        home shelf") of a case? Asked only of members' and automatic mail at the alias."""
+        if self.our_copies(unit):
+            return True
+        redactor = Redactor(self.app.alias)
+        if redactor.leaks(unit.msg.content):
+            return True
+        named: set[str] = set()
+        for view in readable.views(unit.msg.content):
+            for m in _VIA.finditer(readable.searchable(view)):
+                named.add(f"{m.group(1)} {m.group(2)}")
+                if len(named) > 50:
+                    break
+        return bool(named) and unit.session.exec(
+            select(CodeName.name).where(col(CodeName.name).in_(sorted(named)))).first() is not None
+
+    def automatic_about_our_mail(self, unit: Unit) -> None:
+        """An automatic message at the alias about mail of ours (a bounce sent to the From:
+        instead of the envelope sender, an out-of-office reply that quotes our copy): it is
+        no report and reaches no member; a bounce is told to the operators, once per copy."""
+        status = dsn_failure(unit.msg.parsed())
+        copies = self.our_copies(unit)
+        if status is not None and copies:
+            self.copy_bounced(unit, copies[0], status)
+            return
+        log.info("automatic message (%s) at the alias about our own mail: dropped",
+                 unit.msg.auto_reply())
+
+    def member_forwarded_case_mail(self, unit: Unit, member: Member) -> None:
+        """A member sent the alias mail that carries case mail (a forwarded thread post, say):
+        sent on as a new report it would reach every member, conflicted ones too, with the
+        case's text and the forwarder's own case address. It is not; the member is told."""
+        log.warning("member mail at the alias carrying case mail: not opened as a report")
+        if not self.notice_allowed(unit.session, member):
+            return
+        self.reply_to_member(
+            unit, None, member,
+            "Your message to the committee address was not sent on: it carries coc-mail case\n"
+            "mail (a forwarded or quoted case message, or a coc-mail case address). As a new\n"
+            "report it would have reached every member, conflicted ones too.\n\n"
+            "To write to a case, reply to a message of that case (its Reply-To: is your own\n"
+            "address for the case). To report something new, write a new message without the\n"
+            "forwarded mail.\n",
+        )
 
     def new_case(self, unit: Unit, without: list[str]) -> None:
         msg, session = unit.msg, unit.session
@@ -544,7 +616,7 @@ class Processor:
             if not who:
                 continue
             tag = self.app.keys.tag("flood", who, hour)
-            row = session.get(AckBudget, tag) or AckBudget(tag=tag, day=now.date(), count=0)
+            row = counter(session, tag, now.date())
             row.count += 1
             session.add(row)
             over = over or row.count > limit
@@ -610,9 +682,8 @@ class Processor:
             return False
         today = utcnow().date()
         tag = self.app.keys.tag("ack", sender.lower())
-        row = session.get(AckBudget, tag)
-        if row is None or row.day != today:
-            row = row or AckBudget(tag=tag, day=today)
+        row = counter(session, tag, today)
+        if row.day != today:
             row.day, row.count = today, 0
         row.count += 1
         session.add(row)
@@ -643,11 +714,33 @@ class Processor:
 
     # -- mail about an existing case --------------------------------------------------------
     def reporter_correspondence(self, unit: Unit, case: Case) -> None:
-        """Mail from the reporter (or anyone replying as them): to the receiving members."""
+        """Mail from the reporter (or anyone replying as them): to the receiving members. The
+        reporter's address works without a sender check (a reporter may write from another
+        address), so mail whose From: is not the reporter's says so, to the members and in
+        the document; a member writing to it is told to use /followup instead."""
         locked = unit.session.exec(select(Case).where(Case.id == case.id).with_for_update())
         case = locked.one()
+        msg = unit.msg
+        member = self.app.settings.member_by_email(msg.mailbox) if msg.mailbox else None
+        if member is not None:
+            log.warning("case %s: a member's mail to the reporter address: not forwarded",
+                        case.code_name)
+            if self.notice_allowed(unit.session, member):
+                self.reply_to_member(
+                    unit, case, member,
+                    f'Your message to the reporter\'s address of case "{case.code_name}" was '
+                    "not forwarded: that address is the reporter's own. To write to the\n"
+                    "reporter, send /followup TEMPLATE to your case address.\n")
+            return
+        reporter = (self.app.keys.open_text(case.reporter, "cases.reporter").lower()
+                    if case.reporter else "")
+        genuine = bool(msg.mailbox) and msg.mailbox == reporter
         intro_lines = [
-            f'The reporter of case "{case.code_name}" wrote again; their message is attached.',
+            f'The reporter of case "{case.code_name}" wrote again; their message is attached.'
+            if genuine else
+            f'Someone wrote to the reporter\'s address of case "{case.code_name}"; the message '
+            "is attached.\nWARNING: its From: is not the address the report came from, so it "
+            "may not be from the reporter.",
             "Reply to this message to write to the case (not to the reporter).",
             "",
             *self.dkim_warning(unit.verdict()),
@@ -663,7 +756,8 @@ class Processor:
                 self.app.addresses.reporter_token(case.code_name)])
             document.add(
                 self.app.keys, unit.session, case, section=document.CORRESPONDENCE,
-                author="the reporter", body=redactor.text(text),
+                author="the reporter" if genuine else "not the reporter's From: address",
+                body=redactor.text(text),
             )
         audit.record(self.app.keys, unit.session, case.code_name, "reporter",
                      "reporter correspondence received")
@@ -704,7 +798,7 @@ class Processor:
         """At most NOTICES_PER_HOUR "ignored" notices to one member in an hour."""
         now = utcnow()
         tag = self.app.keys.tag("ignored-notice", member.handle, f"{now:%Y%m%d%H}")
-        row = session.get(AckBudget, tag) or AckBudget(tag=tag, day=now.date(), count=0)
+        row = counter(session, tag, now.date())
         row.count += 1
         session.add(row)
         return row.count <= NOTICES_PER_HOUR
@@ -776,6 +870,9 @@ class Processor:
         if copy is None:
             log.info("bounce for an unknown or expired copy: dropped")
             return
+        self.copy_bounced(unit, copy, status)
+
+    def copy_bounced(self, unit: Unit, copy: SentCopy, status: str) -> None:
         if copy.bounced_at is not None:
             log.info("another bounce for a copy the operators were told of: dropped")
             return
@@ -837,6 +934,7 @@ def _uid(row: Queued) -> str:
 
 
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
+_VIA = re.compile(r"\bvia\s+([a-z]{2,20})[\s-]+([a-z]{2,20})\b")  # a thread sender's name
 
 
 def dsn_failure(parsed: Message) -> str | None:

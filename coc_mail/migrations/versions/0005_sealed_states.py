@@ -1,8 +1,11 @@
 """Seal what a copy of the database without the key must not show (SPEC 9): each member's
-standing in each case, audit action texts and document section names; a case remembers who
-asked to discard it (a second member must confirm), a sent copy whether its bounce was told.
+standing in each case, audit action texts and document section names; short sealed values
+are padded (their lengths told who and what: coc_mail.crypto.PADDED); a case remembers who
+asked to discard it (a second member must confirm), a sent copy whether its bounce was told,
+a member record the tag of the member's address (a renamed member keeps their standings).
 
-Existing values are sealed with the storage key coc-mail hands the migration.
+Existing values are sealed, or sealed again padded, with the storage key coc-mail hands the
+migration.
 
 Revision ID: 0005
 Revises: 0004
@@ -21,10 +24,19 @@ down_revision = '0004'
 branch_labels = None
 depends_on = None
 
-SEALED = (  # table, column, primary key columns, old length
+SEALED: tuple[tuple[str, str, tuple[str, ...], int], ...] = (  # table, column, key, old length
     ('case_members', 'state', ('case_id', 'member_tag'), 16),
     ('audit_log', 'action', ('id',), 200),
     ('doc_entries', 'section', ('id',), 16),
+)
+RESEALED: tuple[tuple[str, str, tuple[str, ...]], ...] = (  # sealed before, unpadded
+    ('audit_log', 'actor', ('id',)),
+    ('doc_entries', 'author', ('id',)),
+    ('sent_copies', 'role', ('uid',)),
+    ('cases', 'reported', ('id',)),
+    ('cases', 'reporter', ('id',)),
+    ('cases', 'sheet', ('id',)),
+    ('member_records', 'conflicts', ('member_tag',)),
 )
 
 
@@ -38,17 +50,19 @@ def _keys() -> Any:
     return keys
 
 
-def _convert(table: str, column: str, key: tuple[str, ...], change: Any) -> None:
+def _convert(table: str, column: str, key: tuple[str, ...], change: Any,
+             target: str = '') -> None:
     conn = op.get_bind()
     rows = conn.execute(sa.text(
-        f'SELECT {", ".join(key)}, {column} FROM {table}'  # noqa: S608 - our own names
+        f'SELECT {", ".join(key)}, {column} FROM {table} '  # noqa: S608 - our own names
+        f'WHERE {column} IS NOT NULL'
     )).all()
     where = ' AND '.join(f'{k} = :k{i}' for i, k in enumerate(key))
     for row in rows:
         params = {f'k{i}': row[i] for i in range(len(key))}
         params['v'] = change(row[len(key)])
         conn.execute(sa.text(
-            f'UPDATE {table} SET {column}_new = :v WHERE {where}'  # noqa: S608
+            f'UPDATE {table} SET {target or column + "_new"} = :v WHERE {where}'  # noqa: S608
         ), params)
 
 
@@ -65,14 +79,30 @@ def upgrade() -> None:
             batch_op.drop_column(column)
             batch_op.alter_column(f'{column}_new', new_column_name=column, nullable=False,
                                   existing_type=sa.LargeBinary())
+    for table, column, key in RESEALED:
+        if conn.execute(sa.text(
+                f'SELECT count(*) FROM {table} WHERE {column} IS NOT NULL')).scalar():  # noqa: S608
+            keys = _keys()
+            _convert(table, column, key, lambda v, t=table, c=column: keys.seal(
+                keys.open(bytes(v), f'{t}.{c}'), f'{t}.{c}'), target=column)
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.add_column(sa.Column('discard_by', sa.String(length=32), nullable=True))
     with op.batch_alter_table('sent_copies', schema=None) as batch_op:
         batch_op.add_column(sa.Column('bounced_at', sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table('member_records', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('email_tag', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
     conn = op.get_bind()
+    for table, column, key in RESEALED:
+        if conn.execute(sa.text(
+                f'SELECT count(*) FROM {table} WHERE {column} IS NOT NULL')).scalar():  # noqa: S608
+            keys = _keys()
+            _convert(table, column, key, lambda v, t=table, c=column: keys.seal(
+                keys.open(bytes(v), f'{t}.{c}'), f'{t}.{c}', padded=False), target=column)
+    with op.batch_alter_table('member_records', schema=None) as batch_op:
+        batch_op.drop_column('email_tag')
     with op.batch_alter_table('sent_copies', schema=None) as batch_op:
         batch_op.drop_column('bounced_at')
     with op.batch_alter_table('cases', schema=None) as batch_op:
