@@ -213,11 +213,17 @@ class Daemon:
 
     # -- outbox -----------------------------------------------------------------------------
     def delivered(self) -> list[Copy]:
+        """Every copy in the Maildir, oldest first; each file is read and parsed once (a
+        delivered file never changes: Maildir delivery renames it into new/ complete)."""
         new = self.outbox / "new"
         if not new.exists():
             return []
         files = sorted(new.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
-        return [Copy(p.read_bytes()) for p in files]
+        cache = self.__dict__.setdefault("_copies", {})
+        for p in files:
+            if p.name not in cache:
+                cache[p.name] = Copy(p.read_bytes())
+        return [cache[p.name] for p in files]
 
     def wait_delivered(self, count: int, timeout: float = 20.0) -> list[Copy]:
         def enough() -> list[Copy] | None:

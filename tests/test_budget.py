@@ -126,3 +126,52 @@ def test_an_old_database_is_sealed_on_upgrade(database_url: str, tmp_path: Path)
         assert case is not None
         assert "Spoke to them." in document.render(keys, session, case)
     engine.dispose()
+
+
+def test_mail_that_fails_in_the_database_never_stalls_the_next(tmp_path: Path,
+                                                               database_url: str) -> None:
+    """A Message-ID with a NUL byte (PostgreSQL refuses it in a query: a DataError) and one
+    message counting one thing twice (a bad From to two of a member's case addresses: an
+    IntegrityError before): each is the message's own fault, never "database unavailable"."""
+    d = Daemon(tmp_path, database_url)
+    d.start()
+    try:
+        for n in range(2):
+            d.send(make_report(sender=f"R <r{n}@example.com>"), sender=f"r{n}@example.com")
+        copies = d.wait_delivered(8)
+        grace = [c["Reply-To"].addresses[0].addr_spec for c in copies
+                 if c.to == "grace@example.net"]
+        d.send(b"From: x@example.com\r\nSubject: nul\r\nIn-Reply-To: <a\x00b@example.com>\r\n"
+               b"References: <c\x00d@example.com>\r\n\r\nhello\r\n", sender="x@example.com")
+        d.send(b"From: Grace Sample <grace@example.net>, Someone <x@example.com>\r\n"
+               b"Subject: two\r\n\r\n/doc\r\n", sender="x@example.com", to=grace)
+        d.send(make_report(sender="After <after@example.com>", body="AFTER-THE-BAD-ONES"),
+               sender="after@example.com")
+        wait_for(lambda: sum(reads(c.raw, "AFTER-THE-BAD-ONES") for c in d.delivered()) >= 3,
+                 20, "the report after the bad messages")
+        assert "database unavailable" not in d.log_text()
+    finally:
+        d.stop()
+
+
+def test_a_renamed_member_keeps_their_exclusions(tmp_path: Path, sqlite_url: str) -> None:
+    """The handle comes from the name: renaming a member in the file changes it. With the
+    same address they stay the same member, so a report made without them stays so."""
+    d = Daemon(tmp_path, sqlite_url)
+    d.start()
+    try:
+        d.send(make_report(to="conduct+without.linus@example.org", body="ABOUT-LINUS"),
+               to=["conduct+without.linus@example.org"])
+        d.wait_delivered(3)
+        d.members[2]["name"] = "Lin Placeholder"  # the handle becomes "lin"
+        d.write()
+        d.cli("reload")
+        wait_for(lambda: "carried over" in d.log_text(), 10, "the reload")
+        d.send(make_report(sender="Other <other@example.com>", body="SECOND"),
+               sender="other@example.com")
+        copies = d.wait_delivered(3 + 4)  # no onboarding mail: Lin is Linus
+        assert not any(reads(c.raw, "ABOUT-LINUS") for c in copies
+                       if c.to == "linus@example.net")
+        assert any(reads(c.raw, "SECOND") for c in copies if c.to == "linus@example.net")
+    finally:
+        d.stop()

@@ -15,7 +15,9 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import default
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,7 @@ class Mail:
 
 def body_only(copy: Copy) -> bytes:
     """The copy without the headers that carry its addressing (Reply-To, Return-Path...)."""
-    msg = copy.msg
+    msg = message_from_bytes(copy.raw, policy=default)  # a copy: the cached one stays whole
     for name in ("Reply-To", "Return-Path", "Delivered-To", "To", "From"):
         del msg[name]
     return msg.as_bytes()
@@ -240,6 +242,7 @@ def test_a_post_never_carries_its_authors_token(d: Daemon, mail: Mail) -> None:
 @pytest.mark.parametrize("named", [
     "mallory@example.net", "Mallory Member <MALLORY@example.net>", "mailto:mallory@example.net",
     "Member, Mallory", "  mallory   MEMBER. ", "Someone Else (mallory@example.net)",
+    "mallory", "Mallory M.",
 ])
 def test_a_member_named_as_the_reported_person_is_excluded(d: Daemon, mail: Mail,
                                                            named: str) -> None:
@@ -253,6 +256,25 @@ def test_a_member_named_as_the_reported_person_is_excluded(d: Daemon, mail: Mail
     (refusal,) = mail.next(1)
     assert refusal.to == "mallory@example.net" and "not part of this case" in refusal.text
     assert not reads(refusal.raw, "It happened at the social")
+
+
+def test_a_decoy_name_does_not_keep_the_reported_member_in(d: Daemon, mail: Mail) -> None:
+    case = open_case(d, mail)
+    send_as(d, "mallory", case.address["mallory"], "/involves Someone Else")
+    mail.next(4)  # Mallory named a decoy and is cleared; the others are asked
+    for who in ("ada", "grace"):
+        send_as(d, who, case.address[who], "/noconflict")
+        mail.next(1)
+    send_as(d, "grace", case.address["grace"], "/involves Mallory Member")
+    copies = mail.next(3)  # Grace's answer; Ada told; Linus, still asked, asked again
+    assert "1 member(s) excluded" in one(copies, "grace").text
+    assert "Someone Else; Mallory Member" in one(copies, "linus").text
+    assert all(c.to != "mallory@example.net" for c in copies)
+    send_as(d, "grace", case.address["grace"], "POST-ABOUT-MALLORY")
+    relayed = mail.next(1)  # to Ada only: Mallory is out
+    assert [c.to for c in relayed] == ["ada@example.net"]
+    send_as(d, "mallory", case.address["mallory"], "/doc")
+    assert "not part of this case" in mail.next(1)[0].text
 
 
 # -- 3. follow-ups carry only what the member wrote -----------------------------------------
@@ -328,6 +350,15 @@ def test_html_only_commands_on_div_lines(d: Daemon, mail: Mail) -> None:
         assert f"HTML-NOTE-{client} first line\nsecond line" in doc.text, client
 
 
+def test_a_followup_with_a_members_address_is_refused(d: Daemon, mail: Mail) -> None:
+    case = open_case(d, mail)
+    clear_all(d, mail, case)
+    send_as(d, "ada", case.address["ada"], "/followup followup\nThank you.\nKind regards,\n"
+            "Ada Example | +1 555 0100 | ADA@example.net")
+    (answer,) = mail.next(1)
+    assert answer.to == "ada@example.net" and "member's address" in answer.text
+
+
 # -- 4. a member's From: is one mailbox, strictly -----------------------------------------
 FROM_FORMS = [
     "{m} <mallory@example.com>", "{m}, mallory@example.com", '"{m}" <mallory@example.com>',
@@ -377,6 +408,91 @@ def test_holding_a_members_message_id_opens_a_new_case(d: Daemon, mail: Mail) ->
     assert reads(copy.raw, "MORE-FROM-RITA")
 
 
+def test_case_mail_sent_to_the_alias_opens_no_case(d: Daemon, mail: Mail) -> None:
+    """A member forwarding a thread post to the committee address, a bounce or an
+    out-of-office reply quoting our copy: as new reports they would reach every member,
+    conflicted ones too. None opens a case."""
+    case = open_case(d, mail)
+    clear_all(d, mail, case)
+    send_as(d, "mallory", case.address["mallory"], "/recuse")
+    mail.next(1)
+    send_as(d, "grace", case.address["grace"], "THREAD-SECRET-9 what we know")
+    relayed = mail.next(2)
+    post = one(relayed, "ada")
+    before = d.cli("cases").stdout.count("\n")
+    quoted = clients.Quoted(
+        from_name=str(post["From"].addresses[0].display_name), from_addr=ALIAS,
+        to="Ada Example <ada@example.net>", reply_to=case.address["ada"],
+        date=dt.datetime(2026, 12, 1, 9, 14, tzinfo=dt.UTC), subject=str(post["Subject"]),
+        text="THREAD-SECRET-9 what we know", message_id=str(post["Message-ID"]))
+    forwards: list[tuple[str, str, dict[str, Any]]] = [
+        ("ada", "gmail", {}), ("linus", "apple-mail", {}),
+        ("ada", "thunderbird", {"as_attachment": True}), ("linus", "outlook", {"html_only": True})]
+    notices = 0
+    for who, client, kw in forwards:
+        raw = clients.forward(client, sender=f"{WHO[who]['name']} <{who}@example.net>",
+                              to=ALIAS, new_text="Please look at this.", quoted=quoted, **kw)
+        send_raw(d, raw, who, ALIAS)
+        time.sleep(0.8)
+        new = d.delivered()[mail.seen:]  # the forwarder's notice (three an hour at most)
+        assert all(c.to == f"{who}@example.net" and "was not sent on" in c.text
+                   for c in new), client
+        notices += len(new)
+        mail.seen += len(new)
+    assert notices
+    # A bounce of Linus's copy, sent to the From: (the alias) instead of the bounce address.
+    linus = one(relayed, "linus")
+    dsn = _dsn(ALIAS).replace(b"--B--\r\n", b"--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+                              + f"Message-ID: {linus['Message-ID']}\r\n".encode()
+                              + b"Subject: THREAD-SECRET-9\r\n\r\n--B--\r\n")
+    d.send(dsn, sender="", to=[ALIAS])
+    (bounced,) = mail.next(1)
+    assert bounced.to == "ada@example.net" and "bounced" in str(bounced["Subject"])
+    assert not reads(bounced.raw, "THREAD-SECRET-9")
+    # An out-of-office reply quoting the post, to the alias, naming nothing.
+    ooo = make_report(sender="Linus <linus-home@example.org>", subject="Out of office",
+                      body=f"I am away.\n> From: {post['From']}\n> THREAD-SECRET-9",
+                      Auto_Submitted="auto-replied")
+    d.send(ooo, sender="linus-home@example.org")
+    mail.nothing_more()
+    assert d.cli("cases").stdout.count("\n") == before
+
+
+def test_a_message_that_fails_in_the_database_never_stalls_the_next(d: Daemon,
+                                                                     mail: Mail) -> None:
+    """One message counting the same thing twice (a bad From to two of a member's case
+    addresses), and a Message-ID with a NUL byte: the next report still goes through."""
+    one_case, other = open_case(d, mail), open_case(d, mail)
+    raw = (b"From: Grace Sample <grace@example.net>, Someone <x@example.com>\r\n"
+           b"Subject: two\r\nIn-Reply-To: <a\x00b@example.com>\r\n\r\n/doc\r\n")
+    d.send(raw, sender="x@example.com", to=[one_case.address["grace"], other.address["grace"]])
+    d.send(b"From: x@example.com\r\nSubject: nul\r\nIn-Reply-To: <a\x00b@example.com>\r\n"
+           b"\r\nhello\r\n", sender="x@example.com")
+    reporter = new_reporter()
+    d.send(make_report(sender=f"R <{reporter}>", body="AFTER-THE-BAD-ONES"), sender=reporter)
+    wait_for(lambda: sum(reads(c.raw, "AFTER-THE-BAD-ONES") for c in d.delivered()) >= 4, 15,
+             "the next report")
+    time.sleep(0.5)
+    mail.seen = len(d.delivered())
+
+
+def test_a_reporter_address_is_not_a_way_in(d: Daemon, mail: Mail) -> None:
+    case = open_case(d, mail)
+    # A member writing "as the reporter": not forwarded, told to use /followup.
+    d.send(make_report(sender=f"Rita <{case.reporter}>", to=case.reporter_address)
+           .as_bytes().replace(f"From: Rita <{case.reporter}>".encode(),
+                               b"From: Mallory Member <mallory@example.net>"),
+           sender="mallory@example.net", to=[case.reporter_address])
+    (notice,) = mail.next(1)
+    assert notice.to == "mallory@example.net" and "/followup" in notice.text
+    # Anyone else: forwarded, flagged as not from the reporter's address.
+    d.send(make_report(sender="Someone <someone@evil.example>", to=case.reporter_address,
+                       body="I WITHDRAW"), sender="someone@evil.example",
+           to=[case.reporter_address])
+    copies = mail.next(4)
+    assert all("may not be from the reporter" in c.text for c in copies)
+
+
 # -- 6. no single member can make a report disappear --------------------------------------
 def test_discard_needs_a_second_member(d: Daemon, mail: Mail) -> None:
     case = open_case(d, mail)
@@ -410,6 +526,9 @@ AUTO_REPLIES = [
     {"X_Autoreply": "yes"},
     {"Precedence": "auto_reply"},
     {"X_Auto_Response_Suppress": "All", "_subject": "Automatic reply: [x] Plan"},
+    {"X_Auto_Response_Suppress": "All", "_subject": "Automatische Antwort: [x] Plan"},
+    {"X_Auto_Response_Suppress": "All", "_subject": "Автоматический ответ: [x]"},
+    {"X_Auto_Response_Suppress": "All", "_subject": "Resposta automática: [x] Plan"},
     {"X_Autorespond": "Out of office", "_subject": "Abwesenheitsnotiz"},
     {"_null_sender": "1"},
 ]
@@ -429,8 +548,7 @@ def test_auto_replies_are_never_relayed_or_answered(d: Daemon, mail: Mail) -> No
         d.send(msg, sender="" if null else "ada@example.net", to=[case.address["ada"]])
         msg.replace_header("To", bounce)
         d.send(msg, sender="" if null else "ada@example.net", to=[bounce])
-    mail.nothing_more(1.5)
-    assert "bounced" not in " ".join(str(c["Subject"]) for c in d.delivered())
+    mail.nothing_more(1.5)  # nothing relayed, nothing answered, no "a copy bounced"
 
 
 def _dsn(bounce: str, action: str = "failed") -> bytes:
@@ -566,7 +684,7 @@ def test_the_database_without_the_key_shows_no_standings_actions_or_sections(
     try:
         assert db.execute("SELECT count(*) FROM case_members").fetchone()[0] > 0
         columns = {(table, column): [v for (v,) in db.execute(
-            f"SELECT {column} FROM {table}")]  # noqa: S608 - the test's own names
+            f"SELECT {column} FROM {table}")]
             for table, column in (("case_members", "state"), ("audit_log", "action"),
                                   ("audit_log", "actor"), ("doc_entries", "section"),
                                   ("doc_entries", "author"), ("sent_copies", "role"))}
