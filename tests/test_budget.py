@@ -125,6 +125,13 @@ def test_an_old_database_is_sealed_on_upgrade(database_url: str, tmp_path: Path)
         case = session.get(store.Case, 1)
         assert case is not None
         assert "Spoke to them." in document.render(keys, session, case)
+    with engine.begin() as conn:  # and back: the release before reads its database again
+        cfg.attributes["connection"], cfg.attributes["keys"] = conn, keys
+        command.downgrade(cfg, "0004")
+        assert conn.execute(text("SELECT state FROM case_members")).scalar_one() == "cleared"
+        actor = bytes(conn.execute(text("SELECT actor FROM audit_log")).scalars().first())
+        assert actor[:1] == b"\x01" and keys.open_text(actor, "audit_log.actor") == "ada"
+    store.migrate(engine, keys)
     engine.dispose()
 
 

@@ -44,7 +44,7 @@ class Mail:
     def next(self, count: int, timeout: float = 20) -> list[Copy]:
         want = self.seen + count
         wait_for(lambda: len(self.d.delivered()) >= want, timeout, f"{count} more copies")
-        time.sleep(0.4)
+        time.sleep(0.2)  # anything extra would show up now (and fail the next call)
         got = self.d.delivered()
         assert len(got) == want, f"expected {count} new copies, got {len(got) - self.seen}: " + \
             ", ".join(f"{c.to} {c['Subject']}" for c in got[self.seen:])

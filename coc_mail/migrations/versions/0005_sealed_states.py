@@ -66,6 +66,17 @@ def _convert(table: str, column: str, key: tuple[str, ...], change: Any,
         ), params)
 
 
+def _reseal(*, padded: bool) -> None:
+    """Seal the RESEALED columns again, padded (upgrade) or not (downgrade)."""
+    conn = op.get_bind()
+    for table, column, key in RESEALED:
+        if conn.execute(sa.text(
+                f'SELECT count(*) FROM {table} WHERE {column} IS NOT NULL')).scalar():  # noqa: S608
+            keys = _keys()
+            _convert(table, column, key, lambda v, t=table, c=column: keys.seal(
+                keys.open(bytes(v), f'{t}.{c}'), f'{t}.{c}', padded=padded), target=column)
+
+
 def upgrade() -> None:
     conn = op.get_bind()
     for table, column, key, _length in SEALED:
@@ -79,12 +90,7 @@ def upgrade() -> None:
             batch_op.drop_column(column)
             batch_op.alter_column(f'{column}_new', new_column_name=column, nullable=False,
                                   existing_type=sa.LargeBinary())
-    for table, column, key in RESEALED:
-        if conn.execute(sa.text(
-                f'SELECT count(*) FROM {table} WHERE {column} IS NOT NULL')).scalar():  # noqa: S608
-            keys = _keys()
-            _convert(table, column, key, lambda v, t=table, c=column: keys.seal(
-                keys.open(bytes(v), f'{t}.{c}'), f'{t}.{c}'), target=column)
+    _reseal(padded=True)
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.add_column(sa.Column('discard_by', sa.String(length=32), nullable=True))
     with op.batch_alter_table('sent_copies', schema=None) as batch_op:
@@ -95,12 +101,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
-    for table, column, key in RESEALED:
-        if conn.execute(sa.text(
-                f'SELECT count(*) FROM {table} WHERE {column} IS NOT NULL')).scalar():  # noqa: S608
-            keys = _keys()
-            _convert(table, column, key, lambda v, t=table, c=column: keys.seal(
-                keys.open(bytes(v), f'{t}.{c}'), f'{t}.{c}', padded=False), target=column)
+    _reseal(padded=False)
     with op.batch_alter_table('member_records', schema=None) as batch_op:
         batch_op.drop_column('email_tag')
     with op.batch_alter_table('sent_copies', schema=None) as batch_op:
