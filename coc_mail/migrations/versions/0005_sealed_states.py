@@ -102,12 +102,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     conn = op.get_bind()
     _reseal(padded=False)
-    with op.batch_alter_table('member_records', schema=None) as batch_op:
-        batch_op.drop_column('email_tag')
-    with op.batch_alter_table('sent_copies', schema=None) as batch_op:
-        batch_op.drop_column('bounced_at')
-    with op.batch_alter_table('cases', schema=None) as batch_op:
-        batch_op.drop_column('discard_by')
+    for table, column in (('member_records', 'email_tag'), ('sent_copies', 'bounced_at'),
+                          ('cases', 'discard_by')):
+        # Not a batch: on SQLite that copies the table, and dropping the old cases table
+        # would delete every child row (ON DELETE CASCADE). SQLite drops a column itself.
+        op.execute(f'ALTER TABLE {table} DROP COLUMN {column}')
     for table, column, key, length in SEALED:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column(f'{column}_new', sa.String(length=length),
