@@ -88,8 +88,7 @@ def set_standing(app: App, session: Session, case: Case, handle: str, standing: 
     if row is None:
         session.add(CaseMember(case_id=case.id, member_tag=tag, state=sealed))
     else:
-        row.state = sealed
-        row.updated_at = utcnow()
+        row.state = sealed  # updated_at stays: one member's changes must not stand out by time
         session.add(row)
 
 

@@ -22,8 +22,11 @@ def normalize_name(name: str) -> str:
     return re.sub(r"\s+", " ", folded).strip().casefold()
 
 
-_ATOM = r"[^\s<>()\[\]\"',;:]+"
-_ADDRESS = re.compile(rf"(?:mailto:)?({_ATOM}@{_ATOM}\.{_ATOM})", re.IGNORECASE)
+# Bounded parts (RFC 5321's 64 and 255): a long text without "@" is scanned in linear time.
+_LOCAL = r"[^\s<>()\[\]\"',;:@]{1,64}"
+_DOMAIN = r"[^\s<>()\[\]\"',;:@.]{1,63}(?:\.[^\s<>()\[\]\"',;:@.]{1,63}){1,8}"
+_ADDRESS = re.compile(rf"(?:mailto:)?({_LOCAL}@{_DOMAIN})", re.IGNORECASE)
+MAX_NAMED = 320  # characters of a name as a member writes it; more is no name
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Person:
 
     @classmethod
     def named(cls, text: str) -> Person:
-        text = " ".join(text.split())
+        text = " ".join(text[:MAX_NAMED].split())
         m = _ADDRESS.search(text)
         if m is None:
             return cls(text.strip(" \"'.,;:"), "")
@@ -84,20 +87,39 @@ def may_be(member: Member, person: Person) -> bool:
     (see :func:`normalize_name`), their handle, one word of their name alone ("Mallory"), or
     their name with words shortened ("Mallory M.", "M. Member"). Erring this way only keeps a
     member out of a case; erring the other way would tell the reported person about it."""
-    if person.address and person.address == member.email:
+    if person.address and _plain_address(person.address) == _plain_address(member.email):
         return True
-    named = normalize_name(person.name)
+    named = _name_words(person.name)
     if not named:
         return False
-    mine = normalize_name(member.name).split()
-    if named == " ".join(mine) or named == member.handle:
+    mine = _name_words(member.name)
+    if named == mine or named == [member.handle]:
         return True
-    words = [w.rstrip(".") for w in named.split()]
-    if len(words) == 1:
-        return words[0] in mine
-    return len(words) == len(mine) and all(
-        m.startswith(w) for w, m in zip(words, mine, strict=True)) and any(
-        w == m for w, m in zip(words, mine, strict=True))
+    if len(named) == 1:
+        return named[0] in mine
+    if len(named) == len(mine) and all(m.startswith(w) for w, m in zip(named, mine, strict=True)
+                                       ) and any(w == m for w, m in zip(named, mine, strict=True)):
+        return True
+    # a middle name or initial more or less: "Mallory Q. Member" is "Mallory Member"
+    return named[0] == mine[0] and named[-1] == mine[-1]
+
+
+_TITLES = {"dr", "mr", "mrs", "ms", "mx", "miss", "prof", "sir", "dame", "jr", "sr", "ii",
+           "iii", "iv", "phd", "md", "esq"}
+
+
+def _name_words(name: str) -> list[str]:
+    """A name's words for :func:`may_be`: normalised, without parenthesised asides ("(she/her)"),
+    titles and suffixes, hyphens and dots read as spaces."""
+    text = re.sub(r"\([^)]*\)|\[[^]]*\]", " ", name)
+    words = normalize_name(re.sub(r"[-.]", " ", text)).split()
+    return [w for w in words if w not in _TITLES]
+
+
+def _plain_address(address: str) -> str:
+    """An address without its +tag (mallory+coc@x is mallory@x), lowercased."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}{at}{domain}"
 
 
 def conflicts_with_person(member: Member, person: Person, declared: Iterable[str] = ()) -> bool:

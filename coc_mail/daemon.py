@@ -115,7 +115,8 @@ class Daemon:
         self.app = app
         self.config_path = config_path
         self.stopped = asyncio.Event()
-        self.workers = Pool(config_path, worker_count(app.settings), keep_fds)
+        self.workers = Pool(config_path, worker_count(app.settings), keep_fds,
+                            app.settings.server.pid_file)
 
     def reload(self) -> None:
         """SIGHUP / `coc-mail reload`: re-read the config; on any error keep the old one."""

@@ -77,8 +77,12 @@ class Incoming:
 
     @property
     def sender(self) -> str:
-        """Who a reply goes to: the From address, else the envelope sender."""
-        return self.from_address or self.envelope.mail_from.lower()
+        """Who a reply goes to: the From address, else the envelope sender; "" when neither
+        is a printable address (a NUL or a control character is no address)."""
+        for address in (self.from_address, self.envelope.mail_from.lower()):
+            if address and address.isprintable() and " " not in address and "@" in address:
+                return address
+        return ""
 
     @property
     def mailbox(self) -> str:
@@ -120,6 +124,10 @@ class Incoming:
         if any(h in present for h in HINT_HEADERS) and VACATION.match(self.subject):
             return "vacation subject"
         return ""
+
+    def is_report(self) -> bool:
+        """Is this a delivery or disposition report (``multipart/report``, RFC 6522)?"""
+        return self.raw("Content-Type").strip().lower().startswith("multipart/report")
 
     def is_automatic(self) -> bool:
         """Auto-replies, bounces and list mail never get an acknowledgment."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +27,14 @@ from sqlalchemy import delete, func, insert, or_, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
-from . import audit, budget, conflicts, dkim, document, readable
+from . import audit, budget, conflicts, dkim, document, readable, watchdog
 from .addresses import Kind, Recipient
 from .app import App
 from .cases import Standing, open_standings, receiving_members, unused_code_name
 from .compose import ForwardBody, forward_head, one_line, text_message
 from .config import Member
 from .errors import where
-from .message import Incoming
+from .message import Incoming, header_block
 from .outbox import Outbox
 from .redact import Redactor
 from .spool import Envelope
@@ -102,6 +104,8 @@ class Processor:
         self.current: int | None = None
         self.cpu_clock: int | None = None
         self.cpu_start = 0.0
+        self.hand_fd: int | None = None  # the "message in hand" file (coc_mail/watchdog.py)
+        self.kernel_timer = False  # arm ITIMER_PROF per message (a worker that only processes)
 
     @property
     def limits(self) -> budget.Limits:
@@ -116,10 +120,25 @@ class Processor:
         if self.cpu_clock is not None:
             self.cpu_start = time.clock_gettime(self.cpu_clock)
         self.current = row_id
+        if self.hand_fd is not None:
+            watchdog.in_hand(self.hand_fd, row_id)
+        if self.kernel_timer:
+            signal.setitimer(signal.ITIMER_PROF, self.app.settings.processing.max_cpu_seconds
+                             + watchdog.KERNEL_GRACE)
+
+    def _end(self) -> None:
+        self.current = None
+        if self.kernel_timer:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+        if self.hand_fd is not None:
+            watchdog.in_hand(self.hand_fd, 0)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, poll: float = 2.0) -> None:
         self.cpu_clock = time.pthread_getcpuclockid(threading.get_ident())
+        hand = watchdog.files(self.app.settings.server.pid_file)[1]
+        hand.parent.mkdir(parents=True, exist_ok=True)
+        self.hand_fd = os.open(hand, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             self.set_aside_over_budget()
         except DB_TROUBLE as exc:
@@ -239,7 +258,7 @@ class Processor:
                 self.handle(unit)
                 main.flush()  # the next message sees this one's changes
         finally:
-            self.current = None
+            self._end()
         for row_id, problem in over.items():
             self._tell_set_aside(outbox, row_id, problem)
         outbox.write(main)
@@ -290,7 +309,7 @@ class Processor:
     def over_budget_file(self) -> Path:
         """Where the watchdog writes the id of a message that used up its CPU time before it
         ends the worker (the transaction that held the message dies with it)."""
-        return Path(self.app.settings.server.pid_file).with_suffix(".over-budget")
+        return watchdog.files(self.app.settings.server.pid_file)[0]
 
     def set_aside_over_budget(self) -> int:
         """Set aside the messages the watchdog stopped (see :attr:`over_budget_file`)."""
@@ -456,15 +475,18 @@ class Processor:
         reporters = [case for case, role in refs if role == "reporter"]
         own = [case for case, role in refs if member is not None and role == member.handle]
         if not reporters and not own:
-            automatic = bool(msg.auto_reply())
-            if (automatic or member is not None) and self.carries_our_mail(unit):
-                if automatic:
-                    self.automatic_about_our_mail(unit)
-                else:
-                    assert member is not None
-                    self.member_forwarded_case_mail(unit, member)
-                return
-            self.new_case(unit, without)
+            quoted = self.quoted_cases(unit)
+            automatic = bool(msg.auto_reply()) or msg.is_report()
+            if quoted is None and automatic and self.our_copies(unit):
+                self.automatic_about_our_mail(unit)  # an auto-reply to one of our copies
+            elif quoted is None:  # nothing of ours in it: a new report (SPEC 8.1)
+                self.new_case(unit, without)
+            elif automatic:
+                self.automatic_about_our_mail(unit)
+            elif member is not None:
+                self.member_forwarded_case_mail(unit, member)
+            else:
+                self.case_mail_came_back(unit, quoted, done_cases)
             return
         case = (reporters or own)[0]
         done_cases.add(int(case.id or 0))
@@ -477,34 +499,90 @@ class Processor:
             self.reporter_correspondence(unit, case)
 
     # -- mail at the alias that carries our own mail ------------------------------------------
-    def our_copies(self, unit: Unit) -> list[SentCopy]:
-        """Copies of ours that the message names (In-Reply-To, References) or carries inside
-        (a bounce or an auto-reply quoting our copy's headers)."""
+    def our_copies(self, unit: Unit, *, named: bool = True) -> list[SentCopy]:
+        """Copies of ours that the message carries inside (a bounce or an auto-reply quoting
+        our copy's headers) or, with ``named``, names (In-Reply-To, References)."""
+        content = unit.msg.content
+        body = content[len(header_block(content)):][:4 << 20]
         found = re.findall(rf"<[0-9a-f]{{24}}@{re.escape(self.app.domain)}>",
-                           unit.msg.content[:4 << 20].decode("latin-1").lower())[:50]
-        ids = list(dict.fromkeys([*unit.msg.referenced_ids(), *found]))
+                           body.decode("latin-1").lower())[:50]
+        ids = list(dict.fromkeys([*(unit.msg.referenced_ids() if named else []), *found]))
         if not ids:
             return []
         return list(unit.session.exec(
             select(SentCopy).where(col(SentCopy.message_id).in_(ids))).all())
 
-    def carries_our_mail(self, unit: Unit) -> bool:
-        """Does this message quote or forward mail of ours: it names or embeds one of our
-        copies, shows one of our ``+`` addresses in any part, or a thread sender ("Ada via
-        home shelf") of a case? Asked only of members' and automatic mail at the alias."""
-        if self.our_copies(unit):
-            return True
+    def quoted_cases(self, unit: Unit) -> list[Case] | None:
+        """The cases whose mail this message carries: it names or embeds one of our copies,
+        shows one of our ``+`` addresses in any part, or a thread sender ("Ada via home
+        shelf"). None when it carries nothing of ours; an empty list when it does, but of
+        no case that still exists."""
+        session = unit.session
+        found: dict[int, Case] = {}
+        ours = False
+        for copy in self.our_copies(unit, named=False):  # naming a copy is no quoting it
+            ours = True
+            case = session.get(Case, copy.case_id) if copy.case_id else None
+            if case is not None:
+                found[int(case.id or 0)] = case
         redactor = Redactor(self.app.alias)
-        if redactor.leaks(unit.msg.content):
-            return True
-        named: set[str] = set()
-        for view in readable.views(unit.msg.content):
-            for m in _VIA.finditer(readable.searchable(view)):
-                named.add(f"{m.group(1)} {m.group(2)}")
-                if len(named) > 50:
-                    break
-        return bool(named) and unit.session.exec(
-            select(CodeName.name).where(col(CodeName.name).in_(sorted(named)))).first() is not None
+        names: set[str] = set()
+        for view in readable.views(unit.msg.content, wanted=redactor.worth_reading):
+            for address in redactor.addresses_in(view):
+                ours = True
+                r = self.app.addresses.parse(address)
+                if r is not None and r.kind is Kind.CASE:
+                    names.add(r.value)
+                elif r is not None and r.kind is Kind.REPORTER:
+                    case = self.case_by_reporter_token(session, r.token)
+                    if case is not None:
+                        found[int(case.id or 0)] = case
+            lowered = view.lower()
+            if "via" in lowered and len(names) < 50:
+                names.update(f"{m.group(1)} {m.group(2)}" for m in _VIA.finditer(lowered))
+        if names:
+            for case in session.exec(select(Case).where(col(Case.code_name).in_(
+                    sorted(names)[:100]))):
+                ours = True
+                found[int(case.id or 0)] = case
+            if not ours and session.exec(select(CodeName.name).where(
+                    col(CodeName.name).in_(sorted(names)[:100]))).first() is not None:
+                ours = True  # the thread sender of a discarded case
+        return list(found.values()) if ours else None
+
+    def case_mail_came_back(self, unit: Unit, cases: list[Case], done_cases: set[int]) -> None:
+        """Mail at the alias, from someone who is not a member, that carries a case's mail
+        (a forward from a member's other address, a quote in an out-of-office reply): as a
+        new report it would reach every member. It goes to the members who receive every
+        case it quotes, our addresses taken out, and to nobody else; with no such case, to
+        the operators."""
+        msg = unit.msg
+        redactor = Redactor(self.app.alias, [self.app.addresses.reporter_token(c.code_name)
+                                             for c in cases])
+        original = redactor.message(msg.content)
+        if not cases:
+            log.warning("mail quoting coc-mail mail of no open case at the alias: to the "
+                        "operators")
+            self.to_postmaster(unit, original, "Mail at the committee address that quotes "
+                               "coc-mail mail of no open case, attached (our addresses taken "
+                               "out). It went to nobody else.\n")
+            return
+        handles = set.intersection(*(set(receiving_members(self.app, unit.session, c))
+                                     for c in cases))
+        case = cases[0]
+        done_cases.update(int(c.id or 0) for c in cases)
+        intro = (f'A message that quotes mail of case "{case.code_name}" came to the committee '
+                 "address, from someone who is not a member; it is attached (our addresses "
+                 "taken out). It went to the members who receive the case, and to nobody "
+                 "else.\n\n" + "\n".join(self.dkim_warning(unit.verdict())))
+        for member in self.app.settings.members:
+            if member.handle in handles:
+                self.forward(unit, case, member, intro, original)
+        for c in cases:
+            audit.record(self.app.keys, unit.session, c.code_name, "coc-mail",
+                         "mail quoting the case came to the alias")
+        log.warning("case %s: mail quoting the case at the alias: to %d member(s)",
+                    case.code_name, len(handles))
 
     def automatic_about_our_mail(self, unit: Unit) -> None:
         """An automatic message at the alias about mail of ours (a bounce sent to the From:
@@ -647,15 +725,17 @@ class Processor:
             "",
         ]
 
-    def forward(self, unit: Unit, case: Case, member: Member, intro: str) -> None:
-        """Queue a copy of the incoming message, attached unaltered, for one member."""
+    def forward(self, unit: Unit, case: Case, member: Member, intro: str,
+                original: bytes | None = None) -> None:
+        """Queue a copy of the incoming message, attached unaltered (or ``original``: the
+        message with our addresses taken out), for one member."""
         committee = self.app.settings.committee
         verdict = unit.verdict()
         auth = verdict.header_value(self.app.settings.server.hostname) if verdict else None
         msg = unit.msg
         shared = unit.bodies.get(intro)
         if shared is None:
-            built = ForwardBody.build(intro, msg.content)
+            built = ForwardBody.build(intro, msg.content if original is None else original)
             shared = unit.bodies[intro] = (built, unit.outbox.share(built.parts))
         body, stored = shared
         unit.outbox.queue(
@@ -722,6 +802,7 @@ class Processor:
         case = locked.one()
         msg = unit.msg
         member = self.app.settings.member_by_email(msg.mailbox) if msg.mailbox else None
+        member = member or self.app.settings.member_by_email(msg.envelope.mail_from)
         if member is not None:
             log.warning("case %s: a member's mail to the reporter address: not forwarded",
                         case.code_name)
@@ -734,7 +815,11 @@ class Processor:
             return
         reporter = (self.app.keys.open_text(case.reporter, "cases.reporter").lower()
                     if case.reporter else "")
-        genuine = bool(msg.mailbox) and msg.mailbox == reporter
+        verdict = unit.verdict()
+        # The reporter's own From:, sent from their own envelope address or signed for it.
+        genuine = bool(msg.mailbox) and msg.mailbox == reporter and (
+            msg.envelope.mail_from.lower() == reporter
+            or (verdict is not None and verdict.aligned_for(reporter)))
         intro_lines = [
             f'The reporter of case "{case.code_name}" wrote again; their message is attached.'
             if genuine else
@@ -892,12 +977,12 @@ class Processor:
             f"(status {status}). Check that address.\n",
         )
 
-    def to_postmaster(self, unit: Unit) -> None:
+    def to_postmaster(self, unit: Unit, original: bytes | None = None,
+                      intro: str = "Mail to postmaster@ / abuse@ of the committee domain, "
+                                   "attached.\n") -> None:
         msg = unit.msg
         targets = self.app.settings.operators or self.app.settings.members
-        body = ForwardBody.build(
-            "Mail to postmaster@ / abuse@ of the committee domain, attached.\n", msg.content
-        )
+        body = ForwardBody.build(intro, msg.content if original is None else original)
         stored = unit.outbox.share(body.parts)
         for member in targets:
             unit.outbox.queue(

@@ -164,6 +164,9 @@ def our_mail(alias: str, code_name: str | None, names_our_address: Guard) -> lis
     marks: list[Guard] = [
         re.compile(rf"(?i)[<\[(]\s*(?:mailto:)?{at}\s*[>\])]|mailto:{at}").search]
     if code_name:
-        via = r"\s+".join(re.escape(w) for w in code_name.split())
+        words = code_name.split()
+        via = r"\s+".join(re.escape(w) for w in words)
         marks.append(re.compile(rf"(?i)\bvia\s+{via}\b").search)
+        # ... and the same wrapped by the client after its first word
+        marks.append(re.compile(rf"(?i)\bvia\s+{re.escape(words[0])}\s*$").search)
     return [*marks, names_our_address]

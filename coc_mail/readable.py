@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
 import html as html_lib
 import quopri
 import re
@@ -21,8 +22,9 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
-from email.policy import default
+from email.policy import compat32, default
 
 from lxml import etree
 from lxml import html as lxml_html
@@ -320,12 +322,20 @@ def _html_views(source: str, wanted: Callable[[str], bool] | None) -> Iterator[s
         pass
 
 
+# Lines that are all base64 (16 characters or more: no line of words is), and a last short one.
+_B64_LINE = re.compile(rb"\n[A-Za-z0-9+/]{16}")
+_B64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]{16,}={0,2}[ \t]*\r?\n)+"
+                        rb"(?:^[A-Za-z0-9+/]{1,15}={0,2}[ \t]*\r?(?:\n|$))?")
+
+
 def _raw_views(data: bytes) -> Iterator[str]:
     """Views of bytes that trust no MIME structure: as they are, quoted-printable undone, and
     every base64-looking run decoded."""
     yield data.decode("latin-1")
     yield quopri.decodestring(data).decode("utf-8", "replace")
-    for run in re.finditer(rb"(?:[A-Za-z0-9+/=]{8,}[ \t]*\r?\n?){1,}", data):
+    if not _B64_LINE.search(data):  # (a quick test first: one starts with a newline)
+        return
+    for run in _B64_BLOCK.finditer(data):
         chunk = re.sub(rb"\s+", b"", run.group())
         chunk = chunk[: len(chunk) - len(chunk) % 4]
         if len(chunk) < 16:
@@ -353,15 +363,52 @@ def views(raw: bytes, *, depth: int = 0,
             yield view
 
 
+_CTYPE = re.compile(rb"(?im)^content-type:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)")
+_CTE = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*([^;\r\n]*)")
+_UTF8 = re.compile(rb'(?i)^text/plain\s*(?:;\s*charset\s*=\s*"?(?:utf-?8|us-ascii)"?\s*)?$')
+
+
+def _plain_text(head: bytes) -> bool:
+    """Is this one text/plain part in UTF-8 or ASCII, in any transfer encoding, with plain
+    headers: the commonest report, of which the raw views (as they are, quoted-printable
+    undone, base64 undone, read as UTF-8) are all a reader sees?"""
+    ctype = _CTYPE.findall(head)
+    cte = _CTE.findall(head)
+    return (len(ctype) <= 1 and (not ctype or bool(_UTF8.match(ctype[0].strip())))
+            and len(cte) <= 1 and (not cte or cte[0].strip().lower() in (
+                b"7bit", b"8bit", b"quoted-printable", b"base64"))
+            and b"=?" not in head)  # (encoded words need decoding too)
+
+
 def _all_views(raw: bytes, depth: int, wanted: Callable[[str], bool] | None) -> Iterator[str]:
     yield from _raw_views(raw)
     if depth > MAX_DEPTH:
         return
-    try:
-        msg = parse(raw)
+    end = raw.find(b"\r\n\r\n")
+    if end != -1 and _plain_text(raw[:end + 2]):
+        body = raw[end + 4:]
+        cte = _CTE.findall(raw[:end + 2])
+        if cte and cte[0].strip().lower() == b"base64":
+            with contextlib.suppress(binascii.Error, ValueError):
+                body = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body))
+        yield body.decode("utf-8", "replace")  # its text as UTF-8 (quoted-printable: above)
+        return
+    try:  # compat32: the same parts, without building an object for every header
+        msg = message_from_bytes(raw, policy=compat32)
     except Exception:  # noqa: BLE001 - the raw views are all there is
         return
     yield from _message_views(msg, depth, wanted)
+
+
+def _header_text(value: object) -> str:
+    """A header's value as a reader sees it: encoded words decoded (bounded)."""
+    text = str(value)
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text[:65536])))
+    except Exception:  # noqa: BLE001 - malformed encoded words: as they are
+        return text
 
 
 def _message_views(msg: Message, depth: int,
@@ -370,7 +417,7 @@ def _message_views(msg: Message, depth: int,
     while stack:
         part, level = stack.pop()
         for name, value in part.items():
-            yield f"{name}: {value}"
+            yield f"{name}: {_header_text(value)}"
         if level > MAX_DEPTH:
             continue
         try:

@@ -85,6 +85,14 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
     return re.compile(_literal(secret), re.IGNORECASE)
 
 
+def _finditer(text: str, needle: str) -> list[int]:
+    out, at = [], text.find(needle)
+    while at != -1:
+        out.append(at)
+        at = text.find(needle, at + 1)
+    return out
+
+
 class Redactor:
     """Finds and removes the committee's ``+`` addresses and a set of known tokens."""
 
@@ -113,15 +121,31 @@ class Redactor:
         return False
 
     def _windows(self, text: str) -> list[tuple[int, int]]:
-        """The stretches of ``text`` before each appearance of the domain, merged."""
+        """The stretches of ``text`` before each appearance of the domain, merged. Text with
+        no character an escape or a lookalike needs (ASCII, no ``%`` or ``&``) is searched
+        for the domain as it is, which is much faster."""
         windows: list[tuple[int, int]] = []
-        for m in self.domain.finditer(text):
-            start, end = max(0, m.start() - BEFORE), m.end() + AFTER
+        if text.isascii() and "%" not in text and "&" not in text:
+            plain = self.alias.partition("@")[2]
+            lowered = text.lower()
+            hits = [(at, at + len(plain)) for at in _finditer(lowered, plain)]
+        else:
+            hits = [(m.start(), m.end()) for m in self.domain.finditer(text)]
+        for hit_start, hit_end in hits:
+            start, end = max(0, hit_start - BEFORE), hit_end + AFTER
             if windows and start <= windows[-1][1]:
                 windows[-1] = (windows[-1][0], end)
             else:
                 windows.append((start, end))
         return windows
+
+    def addresses_in(self, text: str) -> list[str]:
+        """The ``+`` addresses of ours that ``text`` shows (read as :meth:`found_in` reads)."""
+        found: list[str] = []
+        for start, end in self._windows(text):
+            found += [m.group() for m in self.search.finditer(
+                readable.searchable(text[start:end]))]
+        return found
 
     def shows_domain(self, text: str) -> bool:
         return self.domain.search(text) is not None

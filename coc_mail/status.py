@@ -27,7 +27,7 @@ COLUMNS = (
     "Resolution",
 )
 FORMATS = ("csv", "xlsx", "md")
-_ADDRESS = re.compile(r"[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+")
+_ADDRESS = re.compile(r"[^\s@<>]{1,64}@[^\s@<>.]{1,63}\.[^\s@<>]{1,63}")  # bounded: linear
 _GENDERED = re.compile(
     r"\b(he|she|him|her|his|hers|himself|herself|mr|mrs|ms|miss|man|woman|guy|girl|boy|lady"
     r"|gentleman|sir|madam)\b",

@@ -37,7 +37,7 @@ from .delivery import Deliverer, make_transport
 from .errors import CocMailError
 from .processor import Processor
 from .reminders import Scheduler
-from .watchdog import EXIT_OVER_BUDGET
+from .watchdog import EXIT_OVER_BUDGET, killed_in_hand
 from .watchdog import start as start_watchdog
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,10 @@ def poke(fds: list[int], what: bytes) -> None:
 class Pool:
     """The main process's side: start, watch, signal and stop the worker processes."""
 
-    def __init__(self, config_path: str | None, count: int, keep_fds: list[int]) -> None:
+    def __init__(self, config_path: str | None, count: int, keep_fds: list[int],
+                 pid_file: str = "var/coc-mail.pid") -> None:
         self.config_path = config_path
+        self.pid_file = pid_file
         self.count = count
         self.keep_fds = keep_fds  # e.g. the SQLite lock file: held until the last worker exits
         pipes = [os.pipe() for _ in range(count)]
@@ -107,7 +109,11 @@ class Pool:
                 if proc is None or proc.poll() is None or self.stopping:
                     continue
                 self.restarts += 1
-                if proc.returncode == EXIT_OVER_BUDGET:  # a message stopped: go on at once
+                if i == 0 and proc.returncode == -signal.SIGPROF:  # the kernel's timer
+                    row = killed_in_hand(self.pid_file)
+                    log.warning("worker 0 was stopped by its CPU timer (inbound %d in hand); "
+                                "restarting it", row)
+                elif proc.returncode == EXIT_OVER_BUDGET:  # a message stopped: go on at once
                     log.warning("worker %d stopped a message over its processing budget; "
                                 "restarting it", i)
                 else:
@@ -198,6 +204,8 @@ class Worker:
                 t.start()
             start_watchdog(processor, lambda: self.app.settings.processing.max_cpu_seconds,
                            processor.stopping)
+            # The kernel's timer counts the whole process: only where it does nothing else.
+            processor.kernel_timer = count > 1
 
         def woken() -> None:
             try:

@@ -30,6 +30,10 @@ from .store import Case, CaseMember, MemberRecord, utcnow
 log = logging.getLogger(__name__)
 
 INTERNAL_TEMPLATES = {"conflict-check", "onboarding", "reminder"}
+MAX_ARGS = 2000  # characters on a command's line
+MAX_FIELD = 500  # characters of one status-sheet field
+MAX_CONFLICTS = 200  # entries of one /conflicts, each at most MAX_ENTRY characters
+MAX_ENTRY = 200
 ANSWERS = {"yes": "Yes", "no": "No", "maybe": "Maybe"}
 OPEN = ("New", "Ongoing")
 
@@ -175,6 +179,10 @@ class Work:
                 raise Refusal(
                     f"There is no command /{exc}.\n\n" + commands.help_text(case=case is not None)
                 ) from None
+            if command is not None and len(command.args) > MAX_ARGS:
+                raise Refusal(f"The line of /{command.name} is {len(command.args)} characters "
+                              f"long; {MAX_ARGS} at most. Nothing changed.\n"
+                              + commands.usage(command.name))
             if case is None:
                 if command is None:
                     raise Refusal("Mail to your member address must be a command.\n\n"
@@ -377,7 +385,6 @@ class Work:
         if any(Person.named(p) == person for p in people):
             raise Refusal(f"The case already involves {person}; nothing changed.")
         people.append(str(person))
-        case.reported = app.keys.seal_text("\n".join(people), "cases.reported")
         declared = declared_conflicts(app, session)
         current = standings(app, session, case)
         out, still = [], []
@@ -386,12 +393,34 @@ class Work:
             if st not in (Standing.NOTIFIED, Standing.ASKED, Standing.CLEARED):
                 continue
             if conflicts_with_person(m, person, declared.get(m.handle, ())):
-                set_standing(app, session, case, m.handle, Standing.EXCLUDED)
                 out.append(m)
             elif m != member:
                 still.append((m, st))
-        self.audit(case, member.handle, f"person added to the case; {len(out)} member(s) "
-                                         "excluded")
+        others_out = [m for m in out if m != member]
+        taking_part = [m for m in app.settings.members if m != member and current.get(
+            m.handle) in (Standing.NOTIFIED, Standing.ASKED, Standing.CLEARED)]
+        if others_out and self.excluded_others_before(case, member):
+            raise Refusal(
+                "Nothing changed: a person you named in this case already kept other members "
+                "out of it. If this one must too, ask another member who receives the case to "
+                "name them, or an operator.")
+        if others_out and all(m in out for m in taking_part):
+            raise Refusal(
+                f"Nothing changed: {person} may be every other member taking part in the "
+                "case, and naming them would leave you alone in it. If that is really so, an "
+                "operator can look into it (coc-mail audit).")
+        case.reported = app.keys.seal_text("\n".join(people), "cases.reported")
+        for m in out:
+            set_standing(app, session, case, m.handle, Standing.EXCLUDED)
+        self.audit(case, member.handle, "person added to the case; excluded: "
+                   + (", ".join(m.handle for m in out) or "nobody"))
+        if others_out:
+            self.outbox.notify_operators(
+                "members excluded from a case",
+                f'In case "{case.code_name}", a member named one more person, and '
+                f"{len(others_out)} member(s) taking part were excluded as possibly that "
+                f"person.\nIf that looks wrong, `coc-mail audit "
+                f"{case.code_name.replace(' ', '-')}` says who named and who was excluded.\n")
         names = "; ".join(people)
         for m, st in still:
             if st is Standing.ASKED and case.check_deadline is not None:
@@ -400,12 +429,23 @@ class Work:
                 self.outbox.to_member(
                     m, case, f"[{case.code_name}] Another person named",
                     f'{member.name} named one more person in case "{case.code_name}": '
-                    f"{person}.\nThe case now involves: {names}.\nIf you have a conflict of "
-                    "interest with them, reply /conflict (or /recuse).\n")
+                    f"{person}.\nThe case now involves: {names}.\n"
+                    + ("Excluded as possibly that person: " + ", ".join(
+                        x.name for x in others_out) + ".\n" if others_out else "")
+                    + "If you have a conflict of interest with them, reply /conflict (or "
+                      "/recuse).\n")
         yours = ("You are excluded from the case now: you may be this person or your "
                  "conflicts list names them.\n" if member in out else "")
         self.reply(member, case, f'Case "{case.code_name}" now also involves {person}. '
                                  f"{len(out)} member(s) excluded; {len(still)} told.\n" + yours)
+
+    def excluded_others_before(self, case: Case, member: Member) -> bool:
+        """Did a person this member named in this case already exclude other members? (One
+        such naming per member and case: no member can empty a case of the others.)"""
+        lines, _ = audit.verify(self.app.keys, self.session, case.code_name)
+        return any(line.actor == member.handle and line.action.startswith(
+            "person added to the case; excluded: ") and line.action.split(": ", 1)[1] not in (
+            "nobody", member.handle) for line in lines)
 
     def ask(self, case: Case, m: Member, name: str, deadline: dt.datetime) -> None:
         app = self.app
@@ -575,6 +615,9 @@ class Work:
                 if value.lower() not in ANSWERS:
                     raise Refusal(f"{key} must be yes, no or maybe.\n{commands.usage('status')}")
                 value = ANSWERS[value.lower()]
+            if len(value) > MAX_FIELD:
+                raise Refusal(f"{key} is {len(value)} characters long; {MAX_FIELD} at most "
+                              "(the sheet wants a few vague words). Nothing changed.")
             fields[key] = value.strip()
         if not fields:
             raise Refusal(commands.usage("status"))
@@ -664,6 +707,10 @@ class Work:
             raise Refusal(commands.usage("conflicts"))
         names = [] if text.lower() == "none" else [
             " ".join(n.split()) for n in text.split(",") if n.strip()]
+        if len(names) > MAX_CONFLICTS or any(len(n) > MAX_ENTRY for n in names):
+            raise Refusal(f"At most {MAX_CONFLICTS} names or addresses of at most {MAX_ENTRY} "
+                          "characters each; nothing was recorded.\n"
+                          + commands.usage("conflicts"))
         tag = member_tag(app, member.handle)
         record = session.get(MemberRecord, tag) or MemberRecord(member_tag=tag, state="pending")
         was_pending = record.state == "pending"

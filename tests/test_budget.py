@@ -182,3 +182,52 @@ def test_a_renamed_member_keeps_their_exclusions(tmp_path: Path, sqlite_url: str
         assert any(reads(c.raw, "SECOND") for c in copies if c.to == "linus@example.net")
     finally:
         d.stop()
+
+
+def test_the_kernel_timer_ends_a_call_that_holds_the_interpreter(tmp_path: Path) -> None:
+    """One long call in C (here a regular expression that never ends) keeps the watchdog
+    thread from running; the kernel's profiling timer the processor arms ends the process
+    anyway, and the message in hand is recorded as over budget."""
+    import signal
+    import subprocess
+    import sys
+
+    from coc_mail import watchdog
+
+    pid_file = str(tmp_path / "var" / "coc-mail.pid")
+    code = (
+        "import os, re, signal, sys\n"
+        "from coc_mail import watchdog\n"
+        "hand = watchdog.files(sys.argv[1])[1]\n"
+        "hand.parent.mkdir(parents=True, exist_ok=True)\n"
+        "fd = os.open(hand, os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "watchdog.in_hand(fd, 4242)\n"
+        "signal.setitimer(signal.ITIMER_PROF, 0.3)\n"
+        "re.match(r'(a+)+$', 'a' * 64 + 'b')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, pid_file], timeout=30)
+    assert proc.returncode == -signal.SIGPROF
+    assert watchdog.killed_in_hand(pid_file) == 4242
+    assert watchdog.files(pid_file)[0].read_text().split() == ["4242"]
+
+
+def test_a_worker_ended_by_its_timer_is_restarted(tmp_path: Path, sqlite_url: str) -> None:
+    """The main process reads which message the processing worker had in hand when the
+    kernel ended it (none here) and starts it again at once."""
+    import os
+    import signal
+
+    from bench.procs import roles
+
+    d = Daemon(tmp_path, sqlite_url)
+    d.start()
+    try:
+        assert d.proc is not None
+        os.kill(roles(d.proc.pid)["processing"], signal.SIGPROF)
+        wait_for(lambda: "stopped by its CPU timer (inbound 0 in hand)" in d.log_text(), 10,
+                 "the restart")
+        d.send(make_report())
+        d.wait_delivered(4)
+        assert "0 shunted" in d.cli("queue").stderr
+    finally:
+        d.stop()

@@ -266,7 +266,8 @@ def test_a_decoy_name_does_not_keep_the_reported_member_in(d: Daemon, mail: Mail
         send_as(d, who, case.address[who], "/noconflict")
         mail.next(1)
     send_as(d, "grace", case.address["grace"], "/involves Mallory Member")
-    copies = mail.next(3)  # Grace's answer; Ada told; Linus, still asked, asked again
+    # Grace's answer; Ada told; Linus, still asked, asked again; the operators (Ada) told
+    copies = mail.next(4)
     assert "1 member(s) excluded" in one(copies, "grace").text
     assert "Someone Else; Mallory Member" in one(copies, "linus").text
     assert all(c.to != "mallory@example.net" for c in copies)
@@ -275,6 +276,44 @@ def test_a_decoy_name_does_not_keep_the_reported_member_in(d: Daemon, mail: Mail
     assert [c.to for c in relayed] == ["ada@example.net"]
     send_as(d, "mallory", case.address["mallory"], "/doc")
     assert "not part of this case" in mail.next(1)[0].text
+
+
+def test_no_member_can_empty_a_case_of_the_others(d: Daemon, mail: Mail) -> None:
+    """The decoy fix must not become a takeover: naming one-word names of the others."""
+    case = open_case(d, mail)
+    send_as(d, "mallory", case.address["mallory"], "/involves Jordan Roe")
+    mail.next(4)  # Mallory cleared as the namer; Ada, Grace and Linus asked
+    send_as(d, "mallory", case.address["mallory"], "/involves Ada")
+    copies = mail.next(4)  # Mallory's answer; Grace and Linus asked again; the operators
+    for who in ("grace", "linus"):
+        assert "Jordan Roe; Ada" in one(copies, who).text
+    assert "excluded as possibly that person" in one(copies, "ada").text  # operator notice
+    send_as(d, "mallory", case.address["mallory"], "/involves Grace")
+    (refused,) = mail.next(1)
+    assert "Nothing changed" in refused.text and "already kept other members out" in refused.text
+    send_as(d, "grace", case.address["grace"], "/noconflict")
+    mail.next(1)
+    send_as(d, "grace", case.address["grace"], "/involves Mallory Member")
+    mail.next(3)  # Grace's answer; Linus asked again; the operators
+    send_as(d, "mallory", case.address["mallory"], "/doc")
+    assert "not part of this case" in mail.next(1)[0].text
+    trail = d.cli("audit", case.code).stdout
+    assert "excluded: ada" in trail and "excluded: mallory" in trail
+
+
+def test_long_arguments_are_refused_and_never_stall(d: Daemon, mail: Mail) -> None:
+    case = open_case(d, mail)
+    clear_all(d, mail, case)
+    long = "R" * 40_000
+    send_as(d, "mallory", case.address["mallory"], f"/conflicts {long}, {long}")
+    send_as(d, "ada", case.address["ada"], f'/status resolution="{"R" * 1_000}"')
+    answers = mail.next(2)
+    assert "at most" in one(answers, "mallory").text and "at most" in one(answers, "ada").text
+    reporter = new_reporter()
+    start = time.monotonic()
+    d.send(make_report(sender=f"R <{reporter}>", body="AFTER-LONG"), sender=reporter)
+    assert all(reads(c.raw, "AFTER-LONG") for c in mail.next(5)[:4] if c.to != reporter)
+    assert time.monotonic() - start < 5
 
 
 # -- 3. follow-ups carry only what the member wrote -----------------------------------------
@@ -458,6 +497,50 @@ def test_case_mail_sent_to_the_alias_opens_no_case(d: Daemon, mail: Mail) -> Non
     assert d.cli("cases").stdout.count("\n") == before
 
 
+def test_case_mail_from_elsewhere_goes_to_the_case_only(d: Daemon, mail: Mail) -> None:
+    """A member forwarding a thread post from another address (or a display name that is an
+    address), a bounce with a real envelope sender: no new case; the case's own members (not
+    the conflicted one) get what quotes the case, without our addresses."""
+    case = open_case(d, mail)
+    send_as(d, "ada", case.address["ada"], "/involves Jordan Roe")
+    mail.next(4)
+    for who in ("grace", "linus"):
+        send_as(d, who, case.address[who], "/noconflict")
+        mail.next(1)
+    send_as(d, "mallory", case.address["mallory"], "/conflict")
+    mail.next(1)
+    send_as(d, "grace", case.address["grace"], "THREAD-SECRET-12 plan")
+    relayed = mail.next(2)
+    post = one(relayed, "ada")
+    before = d.cli("cases").stdout.count("\n")
+    quoted = clients.Quoted(
+        from_name=str(post["From"].addresses[0].display_name), from_addr=ALIAS,
+        to="Ada Example <ada@example.net>", reply_to=case.address["ada"],
+        date=dt.datetime(2026, 12, 1, 9, 14, tzinfo=dt.UTC), subject=str(post["Subject"]),
+        text="THREAD-SECRET-12 plan", message_id="<other@example.com>")
+    for sender, kw in (("Ada <ada.home@example.com>", {}),
+                       ('"ada@example.net" <ada@example.net>', {"as_attachment": True})):
+        raw = clients.forward("thunderbird", sender=sender, to=ALIAS, new_text="FYI",
+                              quoted=quoted, **kw)
+        d.send(raw, sender="ada.home@example.com")
+        copies = mail.next(3)  # the members receiving the case: Ada, Grace, Linus
+        assert {c.to.split("@")[0] for c in copies} == {"ada", "grace", "linus"}, sender
+        for c in copies:  # (each copy's own Reply-To is its reader's own case address)
+            who = c.to.split("@")[0]
+            assert reads(c.raw, "THREAD-SECRET-12") and "quotes mail of case" in c.text
+            assert not any(reads(c.raw, case.token(x)) for x in ("ada", "grace", "linus")
+                           if x != who), who
+    dsn = _dsn(ALIAS).replace(b"--B--\r\n", b"--B\r\nContent-Type: message/rfc822\r\n\r\n"
+                              + f"Message-ID: {post['Message-ID']}\r\n".encode()
+                              + b"Subject: THREAD-SECRET-12\r\n\r\nx\r\n--B--\r\n")
+    d.send(dsn, sender="postmaster@example.net")
+    (notice,) = mail.next(1)
+    assert notice.to == "ada@example.net" and "bounced" in str(notice["Subject"])
+    assert d.cli("cases").stdout.count("\n") == before
+    assert not any(reads(c.raw, "THREAD-SECRET-12") for c in d.delivered()
+                   if c.to == "mallory@example.net")
+
+
 def test_a_message_that_fails_in_the_database_never_stalls_the_next(d: Daemon,
                                                                      mail: Mail) -> None:
     """One message counting the same thing twice (a bad From to two of a member's case
@@ -485,6 +568,15 @@ def test_a_reporter_address_is_not_a_way_in(d: Daemon, mail: Mail) -> None:
            sender="mallory@example.net", to=[case.reporter_address])
     (notice,) = mail.next(1)
     assert notice.to == "mallory@example.net" and "/followup" in notice.text
+    # A member with the reporter's From: (her own envelope sender): not forwarded either.
+    d.send(make_report(sender=f"Rita <{case.reporter}>", to=case.reporter_address,
+                       body="FORGED-BY-MALLORY-7"), sender="mallory@example.net",
+           to=[case.reporter_address])
+    time.sleep(0.8)
+    new = d.delivered()[mail.seen:]  # at most the notice to Mallory (three an hour)
+    assert all(c.to == "mallory@example.net" and "/followup" in c.text for c in new)
+    mail.seen = len(d.delivered())
+    assert not any(reads(c.raw, "FORGED-BY-MALLORY-7") for c in d.delivered())
     # Anyone else: forwarded, flagged as not from the reporter's address.
     d.send(make_report(sender="Someone <someone@evil.example>", to=case.reporter_address,
                        body="I WITHDRAW"), sender="someone@evil.example",

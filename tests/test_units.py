@@ -216,3 +216,27 @@ def test_a_from_is_one_mailbox_strictly(value: str, mailbox: str) -> None:
 
     msg = Incoming(Envelope("x@example.com", []), f"From: {value}\r\n\r\nbody".encode())
     assert msg.mailbox == mailbox
+
+
+@pytest.mark.parametrize("named", [
+    "Dr. Mallory Member", "Mallory Q. Member", "Mallory Member (she/her)", "Mallory-Member",
+    "mallory+coc@Example.net", "Mallory Member Jr.", "M. Member", "Mallory M.", "mallory",
+    "Member", "MEMBER, Mallory",
+])
+def test_a_member_who_may_be_the_person_named(named: str) -> None:
+    mallory = config.Member(name="Mallory Member", email="mallory@example.net")
+    assert conflicts.may_be(mallory, conflicts.Person.named(named)), named
+
+
+@pytest.mark.parametrize("named", ["Jordan Roe", "Mary Member", "Mal", "mallory@example.org"])
+def test_a_member_who_is_not_the_person_named(named: str) -> None:
+    mallory = config.Member(name="Mallory Member", email="mallory@example.net")
+    assert not conflicts.may_be(mallory, conflicts.Person.named(named)), named
+
+
+def test_a_thread_sender_wrapped_by_the_client_ends_what_was_written() -> None:
+    from coc_mail import quotes
+
+    marks = quotes.our_mail("conduct@example.org", "zippy pelican", lambda line: False)
+    lines = ["Thanks, we will call them.", "From: Grace Sample via zippy", "pelican", "text"]
+    assert quotes.first_quote(lines, marks) == 1
