@@ -527,10 +527,13 @@ class Processor:
                 found[int(case.id or 0)] = case
         redactor = Redactor(self.app.alias)
         names: set[str] = set()
-        for view in readable.views(unit.msg.content, wanted=redactor.worth_reading):
+        for view in readable.views(_without_addressing(unit.msg.content),
+                                   wanted=redactor.worth_reading):
             for address in redactor.addresses_in(view):
-                ours = True
                 r = self.app.addresses.parse(address)
+                if r is not None and r.kind is Kind.WITHOUT:
+                    continue  # a published address, no secret
+                ours = True
                 if r is not None and r.kind is Kind.CASE:
                     names.add(r.value)
                 elif r is not None and r.kind is Kind.REPORTER:
@@ -1016,6 +1019,17 @@ class Queued:
 
 def _uid(row: Queued) -> str:
     return row.uid or f"id-{row.id}"
+
+
+_ADDRESSING = re.compile(rb"(?im)^(?:to|cc|bcc|delivered-to|x-original-to|envelope-to"
+                         rb"|resent-to|resent-cc)[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
+
+
+def _without_addressing(content: bytes) -> bytes:
+    """The message without its own top-level recipient fields: the addresses of ours it was
+    sent to are its addressing, not mail of ours it quotes (nested messages keep theirs)."""
+    head = header_block(content)
+    return _ADDRESSING.sub(b"", head) + content[len(head):]
 
 
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
