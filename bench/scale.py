@@ -98,8 +98,9 @@ def huge_report(mib: int) -> dict[str, float]:
 def many_cases(count: int) -> dict[str, float]:
     from sqlmodel import Session
 
-    from coc_mail import config, document
+    from coc_mail import config
     from coc_mail.app import build
+    from coc_mail.cases import document
     from coc_mail.store import Case
 
     root = Path(tempfile.mkdtemp(prefix="coc-cases-"))

@@ -279,7 +279,7 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
   With SQLite the incoming queue is a file of its own, so these commits never wait for
   processing or delivery; a processed message's uid is recorded in the main file in the
   same transaction as its case, so a crash between the two files never applies it twice.
-* **Writers take turns through a lock file** (`coc_mail/writelock.py`): a SQLite writer
+* **Writers take turns through a lock file** (`coc_mail/store/writelock.py`): a SQLite writer
   waiting for another starts the moment it commits, instead of sleeping in SQLite's retry
   loop (1-100 ms naps that, not the work, had set the pace).
 * **Processing in batches**: up to 32 messages per transaction, with one outbox for the
@@ -292,7 +292,7 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
   read, no lease to write; a report's copies go through one worker, which opens and hashes
   its body once) and claim copies in batches; PostgreSQL keeps leases (`UPDATE ...
   RETURNING`, `SKIP LOCKED`) so several daemons share one queue.
-* **Pipelined relay transactions** (`coc_mail/relay.py`, RFC 2920): aiosmtplib opens each
+* **Pipelined relay transactions** (`coc_mail/delivery/relay.py`, RFC 2920): aiosmtplib opens each
   relay connection (TLS, AUTH), then each copy's MAIL, RCPT and DATA go out as one group
   when the relay offers PIPELINING, as Postfix's smtp(8) sends them: two round trips a copy
   instead of four, and half the wake-ups on both sides. Connections are pooled; delivered

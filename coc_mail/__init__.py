@@ -1,7 +1,7 @@
 """coc-mail: the mail system of a Code of Conduct committee."""
 
-from .config import Settings, load
-from .errors import (
+from coc_mail.config import Settings, load
+from coc_mail.errors import (
     CocMailError,
     ConfigError,
     DeliveryError,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from . import dkim, store
-from .addresses import Addresses
-from .compose import Templates
-from .config import Settings
-from .crypto import Keyring, load_keyring
+from coc_mail import store
+from coc_mail.config import Settings
+from coc_mail.mail import dkim
+from coc_mail.mail.addresses import Addresses
+from coc_mail.mail.compose import Templates
+from coc_mail.store.crypto import Keyring, load_keyring
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from sqlalchemy import func
 from sqlmodel import Session, col, select, update
 
-from . import config as config_mod
-from . import dkim, store
-from .config import Settings
-from .errors import CocMailError
-from .store import Case
+from coc_mail import config as config_mod
+from coc_mail import store
+from coc_mail.config import Settings
+from coc_mail.errors import CocMailError
+from coc_mail.mail import dkim
+from coc_mail.store import Case
 
 log = logging.getLogger("coc_mail")
 
@@ -36,14 +37,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import serve
+    from coc_mail.daemon import serve
 
     serve(_settings(args), args.config)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .workers import run_worker
+    from coc_mail.workers import run_worker
 
     peers = [int(fd) for fd in args.peer_fds.split(",") if fd]
     run_worker(_settings(args), args.config, args.index, args.wake_fd, args.lifeline_fd, peers)
@@ -51,8 +52,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .app import build
-    from .compose import Templates
+    from coc_mail.app import build
+    from coc_mail.mail.compose import Templates
 
     problems: list[str] = []
 
@@ -111,7 +112,7 @@ def _check_relay(settings: Settings) -> list[str]:
         return []
     from urllib.parse import urlsplit
 
-    from .relay import SmtpTransport
+    from coc_mail.delivery.relay import SmtpTransport
 
     try:  # the delivery workers' own session set-up (a bad CA file fails here too)
         asyncio.run(SmtpTransport.from_settings(settings, timeout=10).probe())
@@ -142,7 +143,7 @@ def cmd_dkim_txt(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
-    from .app import build
+    from coc_mail.app import build
 
 
     app = build(_settings(args), migrate=False)
@@ -163,9 +164,9 @@ def cmd_cases(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from .app import build
-    from .delivery import retry_now
-    from .store import Case, Inbound, Outbound, utcnow
+    from coc_mail.app import build
+    from coc_mail.delivery.worker import retry_now
+    from coc_mail.store import Case, Inbound, Outbound, utcnow
 
     settings = _settings(args)
     app = build(settings, migrate=False)
@@ -219,8 +220,8 @@ def _case(session: Session, code_name: str) -> Case:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import status
-    from .app import build
+    from coc_mail.app import build
+    from coc_mail.cases import status
 
     app = build(_settings(args), migrate=False)
     with Session(app.engine) as session:
@@ -240,9 +241,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_case_show(args: argparse.Namespace) -> int:
-    from . import document
-    from .app import build
-    from .cases import receiving_members
+    from coc_mail.app import build
+    from coc_mail.cases import document
+    from coc_mail.cases.standing import receiving_members
 
     settings = _settings(args)
     member = settings.member_by_email(args.as_member)
@@ -256,7 +257,7 @@ def cmd_case_show(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 3
         sys.stdout.write(document.render(app.keys, session, case))
-        from . import audit
+        from coc_mail.cases import audit
 
         audit.record(app.keys, session, case.code_name, member.handle,
                      "document read (case show)")
@@ -265,9 +266,9 @@ def cmd_case_show(args: argparse.Namespace) -> int:
 
 
 def cmd_discard(args: argparse.Namespace) -> int:
-    from . import workflow
-    from .app import build
-    from .outbox import Outbox
+    from coc_mail.app import build
+    from coc_mail.cases import workflow
+    from coc_mail.delivery.outbox import Outbox
 
     settings = _settings(args)
     app = build(settings, migrate=False)
@@ -290,8 +291,8 @@ def cmd_discard(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from .app import build
-    from .reminders import tick
+    from coc_mail.app import build
+    from coc_mail.cases.reminders import tick
 
     settings = _settings(args)
     if not settings.cases.purge_after_days:
@@ -303,8 +304,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from . import audit
-    from .app import build
+    from coc_mail.app import build
+    from coc_mail.cases import audit
 
     app = build(_settings(args), migrate=False)
     with Session(app.engine) as session:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from coc_mail.errors import ConfigError
 
 DEFAULT_CONFIG = "config/coc-mail.toml"
 ENV_CONFIG = "COC_MAIL_CONFIG"

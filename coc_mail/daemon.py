@@ -16,17 +16,17 @@ from typing import IO
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, delete, select, update
 
-from . import config as config_mod
-from . import workflow
-from .app import App, build
-from .config import Settings
-from .delivery import retry_now
-from .errors import CocMailError
-from .intake import IntakeHandler, smtp_factory
-from .outbox import Outbox
-from .spool import Spool
-from .store import Inbound
-from .workers import Pool, run_loop, worker_count
+from coc_mail import config as config_mod
+from coc_mail.app import App, build
+from coc_mail.cases import workflow
+from coc_mail.config import Settings
+from coc_mail.delivery.outbox import Outbox
+from coc_mail.delivery.worker import retry_now
+from coc_mail.errors import CocMailError
+from coc_mail.smtp.handler import IntakeHandler, smtp_factory
+from coc_mail.smtp.spool import Spool
+from coc_mail.store import Inbound
+from coc_mail.workers import Pool, run_loop, worker_count
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 10.0  # seconds (the workers of a killed daemon take up to 2 s to go)

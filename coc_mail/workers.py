@@ -30,15 +30,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import config as config_mod
-from .app import build
-from .config import Settings
-from .delivery import Deliverer, make_transport
-from .errors import CocMailError
-from .processor import Processor
-from .reminders import Scheduler
-from .watchdog import EXIT_OVER_BUDGET, killed_in_hand
-from .watchdog import start as start_watchdog
+from coc_mail import config as config_mod
+from coc_mail.app import build
+from coc_mail.cases.processor import Processor
+from coc_mail.cases.reminders import Scheduler
+from coc_mail.cases.watchdog import EXIT_OVER_BUDGET, killed_in_hand
+from coc_mail.cases.watchdog import start as start_watchdog
+from coc_mail.config import Settings
+from coc_mail.delivery.worker import Deliverer, make_transport
+from coc_mail.errors import CocMailError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon
+from tests.helpers import Daemon
 
 PG_ENV = "COC_MAIL_TEST_PG"
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

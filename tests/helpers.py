@@ -103,8 +103,8 @@ def make_report(
 def reads(raw: bytes, needle: str) -> bool:
     """Would a reader of ``raw`` see ``needle``: in any part, decoded (transfer encodings,
     charsets), in HTML as shown, as source or in attribute values, with entities and URL
-    escapes undone, in nested messages? (coc_mail.readable.views, the daemon's own reader.)"""
-    from coc_mail.readable import searchable, views
+    escapes undone, in nested messages? (coc_mail.mail.readable.views, the daemon's own reader.)"""
+    from coc_mail.mail.readable import searchable, views
 
     folded = searchable(needle)
     return any(folded in searchable(view) for view in views(raw))

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .helpers import free_port, wait_for
+from tests.helpers import free_port, wait_for
 
 
 def available() -> str:

@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from .helpers import ALIAS, Daemon, make_report
+from tests.helpers import ALIAS, Daemon, make_report
 
 
 def test_guessing_tokens_is_penalised_without_revealing_anything(
@@ -104,7 +104,7 @@ def test_members_can_be_required_to_use_tls(tmp_path: Path, sqlite_url: str) -> 
     import smtplib
     import ssl
 
-    from .test_operations import self_signed
+    from tests.test_operations import self_signed
 
     cert, key = self_signed(tmp_path)
     d = Daemon(tmp_path, sqlite_url, extra={"server": {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from . import postfix
+from tests import postfix
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from coc_mail import audit, document, store
-from coc_mail.cases import STATE
-from coc_mail.crypto import Keyring
-
-from .helpers import ALIAS, Daemon, make_report, reads, wait_for
+from coc_mail import store
+from coc_mail.cases import audit, document
+from coc_mail.cases.standing import STATE
+from coc_mail.store.crypto import Keyring
+from tests.helpers import ALIAS, Daemon, make_report, reads, wait_for
 
 
 def test_a_message_over_its_cpu_time_is_set_aside_and_the_next_goes_on(
@@ -192,12 +192,12 @@ def test_the_kernel_timer_ends_a_call_that_holds_the_interpreter(tmp_path: Path)
     import subprocess
     import sys
 
-    from coc_mail import watchdog
+    from coc_mail.cases import watchdog
 
     pid_file = str(tmp_path / "var" / "coc-mail.pid")
     code = (
         "import os, re, signal, sys\n"
-        "from coc_mail import watchdog\n"
+        "from coc_mail.cases import watchdog\n"
         "hand = watchdog.files(sys.argv[1])[1]\n"
         "hand.parent.mkdir(parents=True, exist_ok=True)\n"
         "fd = os.open(hand, os.O_RDWR | os.O_CREAT, 0o600)\n"

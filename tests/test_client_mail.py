@@ -1,7 +1,7 @@
 """What real clients send, read as the daemon reads it: the corpus of tests/clients.py (Gmail,
 Gmail for Android, Outlook, Outlook on the web, Apple Mail, iOS Mail, Thunderbird, K-9) in
-every language and transfer encoding, through the daemon's own reader (coc_mail.readable),
-quote rules (coc_mail.quotes), command parser and redaction (coc_mail.redact)."""
+every language and transfer encoding, through the daemon's own reader (coc_mail.mail.readable),
+quote rules (coc_mail.mail.quotes), command parser and redaction (coc_mail.mail.redact)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coc_mail import commands, quotes, readable
-from coc_mail.redact import Redactor
-
-from . import clients
+from coc_mail.cases import commands
+from coc_mail.mail import quotes, readable
+from coc_mail.mail.redact import Redactor
+from tests import clients
 
 ALIAS = "conduct@example.org"
 CODE = "home shelf"
@@ -96,7 +96,7 @@ def test_commands_in_new_mail_from_every_client(client: str, html_only: bool) ->
 
 
 def _independent_views(raw: bytes) -> list[str]:
-    """A second reader, written apart from coc_mail.readable: every part decoded by the
+    """A second reader, written apart from coc_mail.mail.readable: every part decoded by the
     standard library, with entities and URL escapes undone and nested messages opened."""
     out = [raw.decode("latin-1")]
     stack: list[Message] = [message_from_bytes(raw, policy=default)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ALIAS, Daemon, Relay, free_port, make_report, wait_for
+from tests.helpers import ALIAS, Daemon, Relay, free_port, make_report, wait_for
 
 
 def test_relay_down_then_back(tmp_path: Path, database_url: str) -> None:
@@ -166,7 +166,7 @@ def test_relay_with_starttls_and_auth(tmp_path: Path, sqlite_url: str) -> None:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    from .test_operations import self_signed
+    from tests.test_operations import self_signed
 
     cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

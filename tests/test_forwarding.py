@@ -9,7 +9,7 @@ import dkim
 import pytest
 import sqlalchemy as sa
 
-from .helpers import ALIAS, Daemon, Relay, by_recipient, make_report, wait_for, wire
+from tests.helpers import ALIAS, Daemon, Relay, by_recipient, make_report, wait_for, wire
 
 MEMBER_EMAILS = {"ada@example.net", "grace@example.net", "linus@example.net"}
 

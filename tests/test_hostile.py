@@ -10,11 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coc_mail import budget, commands
-from coc_mail.message import Incoming
-from coc_mail.spool import Envelope
-
-from .helpers import ALIAS, Daemon, make_report
+from coc_mail.cases import commands
+from coc_mail.mail import budget
+from coc_mail.mail.message import Envelope, Incoming
+from tests.helpers import ALIAS, Daemon, make_report
 
 
 class Raw:
@@ -117,7 +116,7 @@ def test_after_the_corpus_a_real_report_still_goes_through(fuzz_daemon: Daemon) 
     def arrived() -> bool:
         return any(b"REAL-REPORT-AFTER-FUZZ" in c.raw for c in d.delivered()[before:])
 
-    from .helpers import wait_for
+    from tests.helpers import wait_for
 
     wait_for(arrived, 60, "the real report")
     # Only mail over the processing budget is set aside, and the operators are told of each.
@@ -150,7 +149,7 @@ def test_message_parsing_never_crashes(data: bytes) -> None:
     assert isinstance(msg.subject, str) and "\n" not in msg.subject
     msg.referenced_ids()
     msg.is_automatic()
-    from coc_mail.readable import text_of
+    from coc_mail.mail.readable import text_of
 
     assert isinstance(text_of(data), str)
 

@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from coc_mail.dkim import generate_key, txt_record_value
-
-from .helpers import ALIAS, Daemon, by_recipient, make_report, wait_for, wire
+from coc_mail.mail.dkim import generate_key, txt_record_value
+from tests.helpers import ALIAS, Daemon, by_recipient, make_report, wait_for, wire
 
 
 def test_check_passes_on_a_started_daemon_and_fails_precisely(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon, free_port, make_report, wait_for
+from tests.helpers import Daemon, free_port, make_report, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import dkim
 import pytest
 
-from . import postfix
-from .helpers import ALIAS, Daemon, free_port, make_report, wait_for, wire
+from tests import postfix
+from tests.helpers import ALIAS, Daemon, free_port, make_report, wait_for, wire
 
 MEMBERS = ["ada@example.net", "grace@example.net", "linus@example.net"]
 REPORTER = "reporter@example.com"

@@ -1,4 +1,4 @@
-"""The relay client (coc_mail/relay.py) against real SMTP servers over loopback: aiosmtpd
+"""The relay client (coc_mail/delivery/relay.py) against real SMTP servers over loopback: aiosmtpd
 (with implicit TLS, AUTH) and a scripted server that misbehaves in the ways relays do."""
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from coc_mail.delivery.relay import SmtpTransport
 from coc_mail.errors import DeliveryError
-from coc_mail.relay import SmtpTransport
-
-from .helpers import Relay, free_port
-from .test_operations import self_signed
+from tests.helpers import Relay, free_port
+from tests.test_operations import self_signed
 
 COPY = [b"From: a@example.org\r\nSubject: x\r\n\r\n", b"body\r\n"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .helpers import Daemon, by_recipient, make_report
+from tests.helpers import Daemon, by_recipient, make_report
 
 
 def case_lines(d: Daemon) -> list[str]:

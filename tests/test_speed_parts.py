@@ -17,10 +17,10 @@ from dkim.canonicalization import CanonicalizationPolicy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coc_mail import crypto, store
-from coc_mail import dkim as our_dkim
-
-from .helpers import Daemon, make_report, wire
+from coc_mail import store
+from coc_mail.mail import dkim as our_dkim
+from coc_mail.store import crypto
+from tests.helpers import Daemon, make_report, wire
 
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 PIECES = st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"xyz", b"a b"]),
@@ -118,7 +118,7 @@ def test_data_encoding_sends_what_aiosmtplib_would(message: bytes, cut: int) -> 
     whole or in parts."""
     import aiosmtplib.protocol
 
-    from coc_mail.relay import encode_data
+    from coc_mail.delivery.relay import encode_data
 
     original = aiosmtplib.protocol.PERIOD_REGEX.sub(
         b"..", aiosmtplib.protocol.normalize_message_line_endings(message)) + b".\r\n"

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coc_mail import codenames, config, conflicts
-from coc_mail.addresses import Addresses, Kind
-from coc_mail.crypto import Keyring
+from coc_mail import config
+from coc_mail.cases import codenames, conflicts
 from coc_mail.errors import StorageKeyError
+from coc_mail.mail.addresses import Addresses, Kind
+from coc_mail.store.crypto import Keyring
 
 KEYS = Keyring(b"k" * 32)
 ADDR = Addresses("conduct@example.org", KEYS)
@@ -166,7 +167,7 @@ def test_no_export_cell_is_a_formula(row: list[str]) -> None:
 
     from openpyxl import load_workbook
 
-    from coc_mail import status
+    from coc_mail.cases import status
 
     for cell in next(csv.reader(io.StringIO(status.render([row], "csv").decode().split(
             "\n", 1)[1]))) if "\n" not in "".join(row) and "\r" not in "".join(row) else []:
@@ -179,7 +180,7 @@ def test_no_export_cell_is_a_formula(row: list[str]) -> None:
 
 
 def test_the_budget_names_the_limit_without_content() -> None:
-    from coc_mail import budget
+    from coc_mail.mail import budget
 
     limits = budget.Limits()
     ok = (b"From: a@example.com\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n"
@@ -211,8 +212,7 @@ def test_the_budget_names_the_limit_without_content() -> None:
     ("Ada <ada@example.net", ""), ("Ada <@route:ada@example.net>", ""), ("", ""),
 ])
 def test_a_from_is_one_mailbox_strictly(value: str, mailbox: str) -> None:
-    from coc_mail.message import Incoming
-    from coc_mail.spool import Envelope
+    from coc_mail.mail.message import Envelope, Incoming
 
     msg = Incoming(Envelope("x@example.com", []), f"From: {value}\r\n\r\nbody".encode())
     assert msg.mailbox == mailbox
@@ -235,7 +235,7 @@ def test_a_member_who_is_not_the_person_named(named: str) -> None:
 
 
 def test_a_thread_sender_wrapped_by_the_client_ends_what_was_written() -> None:
-    from coc_mail import quotes
+    from coc_mail.mail import quotes
 
     marks = quotes.our_mail("conduct@example.org", "zippy pelican", lambda line: False)
     lines = ["Thanks, we will call them.", "From: Grace Sample via zippy", "pelican", "text"]

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from coc_mail.crypto import load_keyring
-from coc_mail.spool import Envelope
-
-from .helpers import ALIAS, Daemon, make_report, wait_for, wire
+from coc_mail.mail.message import Envelope
+from coc_mail.store.crypto import load_keyring
+from tests.helpers import ALIAS, Daemon, make_report, wait_for, wire
 
 
 def workers_of(d: Daemon) -> list[int]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from openpyxl import load_workbook
 
-from .helpers import ALIAS, Copy, Daemon, make_report, reads, wait_for
+from tests.helpers import ALIAS, Copy, Daemon, make_report, reads, wait_for
 
 REPORT_MARKER = "REPORT-MARKER-51f0"
 REPORTER = "rita.reporter.77@example.com"

@@ -9,10 +9,9 @@ from typing import Any
 
 import dkim
 
-from coc_mail.dkim import generate_key, txt_record_value
-
-from .helpers import Daemon, make_report, wait_for, wire
-from .test_workflow import Mail, send_as, to
+from coc_mail.mail.dkim import generate_key, txt_record_value
+from tests.helpers import Daemon, make_report, wait_for, wire
+from tests.test_workflow import Mail, send_as, to
 
 MEMBERS: list[dict[str, Any]] = [
     {"name": "Ada Example", "email": "ada@example.net", "roles": ["operator"]},

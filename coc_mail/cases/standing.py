@@ -1,0 +1,131 @@
+"""The case and member-in-case state machines: named states, named transitions, one place
+that applies a transition."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+from sqlalchemy import insert
+from sqlmodel import Session, select
+
+from coc_mail.app import App
+from coc_mail.cases.codenames import new_code_name
+from coc_mail.store import Case, CaseMember, CodeName, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    """A case's status, as the status sheet shows it."""
+
+    NEW = "New"  # reported person not named yet
+    ONGOING = "Ongoing"
+    RESOLVED = "Resolved"
+
+
+class Standing(StrEnum):
+    """A member's standing in one case."""
+
+    NOTIFIED = "notified"  # received the report at intake
+    EXCLUDED = "excluded"  # known conflict, `without.`, or the reported person: never told
+    ASKED = "asked"  # conflict check sent, no answer yet
+    CLEARED = "cleared"
+    CONFLICTED = "conflicted"
+    SILENT = "silent"  # did not answer the conflict check in time
+    RECUSED = "recused"
+
+
+# Who receives case mail in each status.
+RECEIVING = {Standing.NOTIFIED, Standing.CLEARED}
+
+STATE = "case_members.state"  # the sealed column's context
+CODE_NAME_TRIES = 20
+CODE_NAME_BATCH = 32  # candidates checked at once: the processor's batch size
+FREE_NAMES = "coc_mail.free_code_names"  # session.info key: names checked free, not used yet
+CODE_NAMES = CodeName.__table__  # type: ignore[attr-defined]
+
+
+def unused_code_name(session: Session) -> str:
+    """A fresh code name not used by any case so far (the unique constraint backs this up).
+
+    Candidates are checked a batch at a time, in one query, and kept for the rest of the
+    session's transaction; the one taken is recorded in code_names at once. Core statements:
+    a new case is the processor's commonest work under a flood.
+    """
+    free: list[str] = session.info.setdefault(FREE_NAMES, [])
+    conn = session.connection()
+    for _ in range(CODE_NAME_TRIES):
+        if not free:
+            drawn = {new_code_name() for _ in range(CODE_NAME_BATCH)}
+            taken = set(conn.execute(  # every case's name is in code_names
+                select(CODE_NAMES.c.name).where(CODE_NAMES.c.name.in_(drawn))
+            ).scalars())
+            if taken:
+                log.info("code name collision, drawing another")
+            free.extend(sorted(drawn - taken))
+        if free:
+            code_name = free.pop()
+            conn.execute(insert(CODE_NAMES).values(name=code_name))
+            return code_name
+    raise RuntimeError("could not draw an unused code name")
+
+
+def member_tag(app: App, handle: str) -> str:
+    return app.keys.tag("member", handle)
+
+
+def set_standing(app: App, session: Session, case: Case, handle: str, standing: Standing) -> None:
+    """Apply a member-in-case transition (creating the row on first sight)."""
+    assert case.id is not None
+    tag = member_tag(app, handle)
+    row = next(
+        (o for o in session.new
+         if isinstance(o, CaseMember) and o.case_id == case.id and o.member_tag == tag),
+        None,
+    ) or session.get(CaseMember, (case.id, tag))
+    sealed = app.keys.seal_text(standing, STATE)
+    if row is None:
+        session.add(CaseMember(case_id=case.id, member_tag=tag, state=sealed))
+    else:
+        row.state = sealed  # updated_at stays: one member's changes must not stand out by time
+        session.add(row)
+
+
+def open_standings(app: App, session: Session, case: Case, of: dict[str, Standing]) -> None:
+    """The first standings of a case just opened (its rows are new: one insert for all)."""
+    assert case.id is not None
+    now = utcnow()
+    rows = [
+        {"case_id": case.id, "member_tag": member_tag(app, handle),
+         "state": app.keys.seal_text(standing, STATE),
+         "updated_at": now, "reminded": False}
+        for handle, standing in of.items()
+    ]
+    if rows:
+        session.connection().execute(insert(CaseMember.__table__), rows)  # type: ignore[attr-defined]
+
+
+def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:
+    """Each configured member's standing in ``case`` (members never seen are absent)."""
+    rows = {
+        r.member_tag: r.state
+        for r in session.exec(select(CaseMember).where(CaseMember.case_id == case.id))
+    }
+    for o in session.new:  # changes of this unit not yet flushed
+        if isinstance(o, CaseMember) and o.case_id == case.id:
+            rows[o.member_tag] = o.state
+    opened = {tag: app.keys.open_text(state, STATE) for tag, state in rows.items()}
+    result: dict[str, Standing] = {}
+    for member in app.settings.members:
+        state = opened.get(member_tag(app, member.handle))
+        if state is not None:
+            result[member.handle] = Standing(state)
+    return result
+
+
+def receiving_members(app: App, session: Session, case: Case) -> list[str]:
+    """Handles of the members who receive case mail now: while the case is New, those who
+    got the report at intake; from the conflict check on, the cleared members only."""
+    wanted = RECEIVING if case.status == Status.NEW else {Standing.CLEARED}
+    return [h for h, s in standings(app, session, case).items() if s in wanted]

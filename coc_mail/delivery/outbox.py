@@ -1,0 +1,176 @@
+"""Queueing outbound copies: build and seal them first, then add them to the caller's
+transaction in one short write, so a copy exists exactly when the change that caused it is
+committed. Copies are DKIM-signed when they are sent (:mod:`coc_mail.delivery.worker`);
+copies of one report share one stored body (:meth:`Outbox.share`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formataddr
+
+from sqlalchemy import insert
+from sqlmodel import Session, SQLModel
+
+from coc_mail.app import App
+from coc_mail.config import Member
+from coc_mail.mail.addresses import Addresses
+from coc_mail.mail.compose import new_message_id, text_message
+from coc_mail.store import Case, deferred_blob, fill_blob, utcnow
+
+log = logging.getLogger(__name__)
+BODIES, SENT_COPIES, OUTBOUND = (
+    SQLModel.metadata.tables[name] for name in ("bodies", "sent_copies", "outbound")
+)
+
+
+@dataclass
+class Pending:
+    """A signed copy waiting for its transaction."""
+
+    uid: str
+    message_id: str
+    case: Case | None
+    role: str
+    recipient: str
+    sealed: bytes  # the message (or its header block), sealed at once
+    body: int | None  # index into Outbox.bodies when the copy's body is shared
+
+
+@dataclass
+class Outbox:
+    """The copies one unit of work will queue; :meth:`write` adds them to the session."""
+
+    app: App
+    pending: list[Pending] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # sealed shared bodies
+
+    def share(self, parts: Sequence[bytes]) -> int:
+        """Seal a body (given as its parts) several copies will share; pass the result as
+        ``queue(body=...)``."""
+        self.bodies.append(self.app.keys.seal_parts(parts, "bodies.content"))
+        return len(self.bodies) - 1
+
+    def queue(
+        self,
+        *,
+        case: Case | None,
+        role: str,
+        recipient: str,
+        build: Callable[[str], bytes],
+        body: int | None = None,
+    ) -> str:
+        """Build one copy (given a fresh Message-ID) and seal it now; return its Message-ID.
+
+        ``build`` returns the whole message, or with ``body`` (from :meth:`share`) the header
+        block only, blank line included. ``role`` says who the copy is for (a member handle,
+        ``reporter`` or ``operator``); it is stored sealed next to the Message-ID so replies
+        and bounces find their case.
+        """
+        message_id = new_message_id(self.app.domain)
+        sealed = self.app.keys.seal(build(message_id), "outbound.content")
+        self.pending.append(
+            Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, sealed, body)
+        )
+        return message_id
+
+    def write(self, session: Session) -> int:
+        """Add every pending copy to ``session`` (flushing first so new cases have ids)."""
+        if not self.pending:
+            return 0
+        session.flush()
+        keys = self.app.keys
+        now = utcnow()
+        conn = session.connection()  # Core from here: no ORM bookkeeping for queue rows
+        values = [deferred_blob(session, sealed) for sealed in self.bodies]
+        whole = [i for i, v in enumerate(values) if isinstance(v, bytes | bytearray)]
+        body_ids = [0] * len(values)
+        if whole:  # one statement for all the bodies bound whole, ids in order
+            inserted = conn.execute(
+                insert(BODIES).returning(BODIES.c.id, sort_by_parameter_order=True),
+                [{"content": values[i], "created_at": now} for i in whole],
+            ).scalars().all()
+            for i, body_id in zip(whole, inserted, strict=True):
+                body_ids[i] = body_id
+        for i, sealed in enumerate(self.bodies):
+            if not body_ids[i]:  # a big body: a zero blob, then filled in pieces
+                body_ids[i] = conn.execute(
+                    insert(BODIES).values(content=values[i], created_at=now)
+                    .returning(BODIES.c.id)
+                ).scalar_one()
+                fill_blob(session, "bodies", "content", body_ids[i], sealed)
+        copies, queued = [], []
+        for p in self.pending:
+            case_id = p.case.id if p.case is not None else None
+            copies.append({
+                "uid": p.uid, "case_id": case_id, "message_id": p.message_id,
+                "role": keys.seal_text(p.role, "sent_copies.role"), "created_at": now,
+            })
+            queued.append({
+                "uid": p.uid, "case_id": case_id, "created_at": now, "next_attempt_at": now,
+                "attempts": 0, "envelope_from": self.app.addresses.bounce(p.uid),
+                "recipient": keys.seal_text(p.recipient, "outbound.recipient"),
+                "content": p.sealed,
+                "body_id": body_ids[p.body] if p.body is not None else None,
+            })
+        # Core executemany: one statement per table, not one ORM object per row.
+        conn.execute(insert(SENT_COPIES), copies)
+        conn.execute(insert(OUTBOUND), queued)
+        count = len(self.pending)
+        self.pending.clear()
+        self.bodies.clear()
+        return count
+
+    def to_member(
+        self,
+        member: Member,
+        case: Case | None,
+        subject: str,
+        body: str,
+        *,
+        role: str | None = None,
+        in_reply_to: str | None = None,
+    ) -> str:
+        """Queue a plain-text mail from the committee to one member, ``Reply-To:`` their own
+        address for ``case`` (their member address when there is no case)."""
+        app = self.app
+        reply_to = (
+            app.addresses.case(case.code_name, member.handle)
+            if case is not None
+            else app.addresses.member(member.handle)
+        )
+        return self.queue(
+            case=case,
+            role=role or member.handle,
+            recipient=member.email,
+            build=lambda mid: text_message(
+                from_name=app.settings.committee.name,
+                from_addr=app.alias,
+                to=formataddr((member.name, member.email)),
+                reply_to=reply_to,
+                subject=subject,
+                body=body,
+                message_id=mid,
+                loop=app.alias,
+                in_reply_to=in_reply_to,
+            ),
+        )
+
+    def notify_operators(self, subject: str, body: str) -> int:
+        """Queue a notice (no message content, no reporter address) to every operator."""
+        operators = self.app.settings.operators
+        if not operators:
+            log.warning("operator notice not sent: no member has the 'operator' role")
+            return 0
+        for member in operators:
+            self.to_member(member, None, f"[coc-mail] {subject}", body, role="operator")
+        return len(operators)
+
+
+def notify_operators(app: App, session: Session, subject: str, body: str) -> int:
+    """Queue an operator notice in ``session`` right away (for callers outside a unit)."""
+    outbox = Outbox(app)
+    count = outbox.notify_operators(subject, body)
+    outbox.write(session)
+    return count

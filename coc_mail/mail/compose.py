@@ -1,0 +1,311 @@
+"""Building outbound messages: forwarded copies with the original attached, and Jinja mail."""
+
+from __future__ import annotations
+
+import quopri
+import re
+import secrets
+from dataclasses import dataclass
+from email.header import Header
+from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    ChoiceLoader,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateError,
+)
+from jinja2.sandbox import SandboxedEnvironment
+
+from coc_mail.errors import TemplateProblem
+from coc_mail.store import utcnow
+
+TEMPLATE_SUFFIX = ".txt.j2"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A header-safe single line: no CR/LF or controls (no header injection), bounded length."""
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()[:limit]
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{secrets.token_hex(12)}@{domain}>"
+
+
+def crlf(data: bytes) -> bytes:
+    """Normalise line endings to CRLF (the wire form DKIM signs); data that is CRLF already,
+    as mail received over SMTP is, comes back as it is, not copied."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\n") == pairs and data.count(b"\r") == pairs:
+        return data
+    return re.sub(rb"\r?\n|\r(?!\n)", b"\r\n", data)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template: its subject line and body."""
+
+    subject: str
+    body: str
+
+
+class Templates:
+    """Jinja in a sandbox with strict undefined variables; files in ``override`` win."""
+
+    def __init__(self, override: str | None = None) -> None:
+        loaders: list[Any] = []
+        if override:
+            loaders.append(FileSystemLoader(override))
+        loaders.append(PackageLoader("coc_mail", "templates"))
+        self.env = SandboxedEnvironment(
+            loader=ChoiceLoader(loaders),
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.override = override
+
+    def names(self) -> list[str]:
+        found = {
+            n.removesuffix(TEMPLATE_SUFFIX)
+            for n in self.env.list_templates()
+            if n.endswith(TEMPLATE_SUFFIX)
+        }
+        return sorted(found)
+
+    def render(self, name: str, **context: Any) -> Rendered:
+        """Render ``<name>.txt.j2``. A first line ``Subject: ...`` becomes the subject."""
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise TemplateProblem(f"{name!r} is not a template name")
+        try:
+            text = self.env.get_template(name + TEMPLATE_SUFFIX).render(**context)
+        except TemplateError as exc:
+            raise TemplateProblem(f"template {name}: {exc}") from None
+        subject = ""
+        first, _, rest = text.partition("\n")
+        if first.lower().startswith("subject:"):
+            subject = one_line(first.split(":", 1)[1])
+            text = rest.lstrip("\n")
+        return Rendered(subject, text)
+
+    def check(self, **sample: Any) -> list[str]:
+        """Render every template with ``sample`` variables (all the variables any template
+        gets); return the problems found: syntax errors and misspelt variables alike."""
+        problems = []
+        for name in self.env.list_templates():
+            if name.endswith(TEMPLATE_SUFFIX):
+                try:
+                    self.env.get_template(name).render(**sample)
+                except TemplateError as exc:
+                    where = self.override if self.override and Path(
+                        self.override, name).exists() else "coc_mail/templates"
+                    problems.append(f"template {where}/{name}: {type(exc).__name__}: {exc}")
+        return problems
+
+
+def _ascii_or_encoded(value: str) -> str:
+    """An unstructured header value: as is when ASCII, else RFC 2047 words (folded)."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+def header_bytes(pairs: list[tuple[str, str]]) -> bytes:
+    """Header lines written directly (the email package's header parsing is the slowest part
+    of building a copy); values here are ours, single-line and already safe."""
+    out = []
+    for name, value in pairs:
+        out.append(f"{name}: {value}\r\n".encode())
+    return b"".join(out)
+
+
+def base_header_pairs(
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str | None,
+    subject: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+) -> list[tuple[str, str]]:
+    """The headers every message of ours carries, as (name, value) pairs written directly."""
+    pairs = [
+        ("From", formataddr((one_line(from_name, 120), from_addr))),
+        ("To", to),
+    ]
+    if reply_to:
+        pairs.append(("Reply-To", reply_to))
+    pairs += [
+        ("Subject", _ascii_or_encoded(one_line(subject, 250))),
+        ("Date", format_datetime(utcnow())),
+        ("Message-ID", message_id),
+    ]
+    if in_reply_to:
+        pairs.append(("In-Reply-To", one_line(in_reply_to, 900)))
+    if references:
+        pairs.append(("References", one_line(references, 900)))
+    pairs += [("Auto-Submitted", "auto-generated"), ("X-Loop", loop)]
+    return pairs
+
+
+def text_message(
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str | None,
+    subject: str,
+    body: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+) -> bytes:
+    """A plain-text message (UTF-8) as CRLF bytes, ready to sign."""
+    pairs = base_header_pairs(
+        from_name=from_name,
+        from_addr=from_addr,
+        to=to,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=message_id,
+        loop=loop,
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+    part = EmailMessage(policy=SMTPUTF8)
+    part.set_content(body)  # Content-Type, Content-Transfer-Encoding, MIME-Version, body
+    return header_bytes(pairs) + crlf(part.as_bytes(policy=SMTP))
+
+
+@dataclass(frozen=True)
+class ForwardBody:
+    """The body of a forwarded copy (a text part and the original attached byte for byte),
+    built once and shared by every member's copy of the same message. It is kept as its
+    parts, the original among them, so a big report is not copied to build it."""
+
+    boundary: str
+    parts: tuple[bytes, ...]
+
+    @classmethod
+    def build(cls, intro: str, original: bytes) -> ForwardBody:
+        original = crlf(original)
+        boundary = "coc-" + secrets.token_hex(12)
+        while boundary.encode() in original:
+            boundary = "coc-" + secrets.token_hex(12)
+        eight_bit = not original.isascii()
+        part_head = (
+            b"Content-Type: message/rfc822\r\n"
+            b'Content-Disposition: attachment; filename="original.eml"\r\n'
+            + (b"Content-Transfer-Encoding: 8bit\r\n" if eight_bit else b"")
+            + b"\r\n"
+        )
+        text_bytes = (
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + crlf(quopri.encodestring(crlf(intro.encode("utf-8"))))
+        )
+        b = boundary.encode()
+        head = b"".join((
+            b"This is a MIME message: the original report is attached.\r\n--", b, b"\r\n",
+            text_bytes, b"\r\n--", b, b"\r\n", part_head,
+        ))
+        tail = (b"" if original.endswith(b"\r\n") else b"\r\n") + b"--" + b + b"--\r\n"
+        return cls(boundary, (head, original, tail))
+
+
+def forward_head(
+    *,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str,
+    subject: str,
+    body: ForwardBody,
+    message_id: str,
+    loop: str,
+    auth_results: str | None,
+    in_reply_to: str | None = None,
+) -> bytes:
+    """The header block (blank line included) of one member's copy of a forwarded message;
+    ``body.parts`` follow it, shared by every member's copy."""
+    pairs = [("Authentication-Results", one_line(auth_results, 900))] if auth_results else []
+    pairs += base_header_pairs(
+        from_name=from_name,
+        from_addr=from_addr,
+        to=to,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=message_id,
+        loop=loop,
+        in_reply_to=in_reply_to,
+    )
+    pairs += [
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/mixed; boundary="{body.boundary}"'),
+    ]
+    return header_bytes(pairs) + b"\r\n"
+
+
+MIME_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
+
+
+def relay_message(
+    *,
+    original: bytes,
+    from_name: str,
+    from_addr: str,
+    to: str,
+    reply_to: str,
+    subject: str,
+    message_id: str,
+    loop: str,
+    in_reply_to: str | None = None,
+) -> bytes:
+    """A member's post as relayed to another member: our headers, the post's MIME body as is.
+
+    Every header of the original except its MIME structure is dropped, so nothing of the
+    author's address or path travels with the post.
+    """
+    original = crlf(original)
+    end = original.find(b"\r\n\r\n")
+    head, body = (original, b"") if end == -1 else (original[:end + 2], original[end + 4:])
+    kept: list[bytes] = []
+    current: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
+                in MIME_HEADERS:
+            kept.extend(current)
+        current = [line] if line else []
+    if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
+            in MIME_HEADERS:
+        kept.extend(current)
+    pairs = base_header_pairs(
+        from_name=from_name,
+        from_addr=from_addr,
+        to=to,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=message_id,
+        loop=loop,
+        in_reply_to=in_reply_to,
+    )
+    if not kept:
+        kept = [b"Content-Type: text/plain; charset=utf-8"]
+    if not any(k.lower().startswith(b"mime-version") for k in kept):
+        kept.append(b"MIME-Version: 1.0")
+    return header_bytes(pairs) + b"\r\n".join(kept) + b"\r\n\r\n" + body

@@ -1,0 +1,322 @@
+"""DKIM: key generation with its DNS record, signing outbound copies, verifying inbound mail."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dkim as dkimpy
+import dkim.crypto
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    compress_whitespace,
+    strip_trailing_whitespace,
+)
+
+from coc_mail.errors import CocMailError
+
+SIGNED_HEADERS = [
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"in-reply-to",
+    b"references",
+    b"mime-version",
+    b"content-type",
+    b"auto-submitted",
+    b"x-loop",
+]
+
+
+def generate_key(path: Path, bits: int = 2048) -> bytes:
+    """Write a new RSA private key (PEM, mode 0600) to ``path``; refuse to overwrite."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return pem
+
+
+def txt_record_value(pem: bytes) -> str:
+    """The value of the ``<selector>._domainkey.<domain>`` TXT record for this private key."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CocMailError("the DKIM key is not an RSA key")
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def txt_record(pem: bytes, selector: str, domain: str) -> str:
+    """The whole DNS record, as a zone-file line."""
+    value = txt_record_value(pem)
+    chunks = " ".join(f'"{value[i : i + 250]}"' for i in range(0, len(value), 250))
+    return f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
+
+
+def load_key(path: Path) -> bytes:
+    """Read a PEM private key and check it parses."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise CocMailError(
+            f"dkim.private_key {path}: {exc.strerror}; create it with `coc-mail dkim keygen`"
+        ) from None
+    try:
+        txt_record_value(pem)
+    except (ValueError, TypeError) as exc:
+        raise CocMailError(f"dkim.private_key {path}: not a PEM RSA key ({exc})") from None
+    return pem
+
+
+_KEYS: dict[int, rsa.RSAPrivateKey] = {}
+
+
+def _openssl_rsa_sign(hash_obj: Any, private_key: dict[str, int]) -> bytes:
+    """RSASSA-PKCS1-v1_5 over dkimpy's digest, computed by OpenSSL (``cryptography``).
+
+    dkimpy does the DKIM work (canonicalisation, the header and its hash); only its pure-
+    Python RSA step (12 ms a signature at 2048 bits) is replaced, by the same operation in
+    OpenSSL (well under 1 ms). The result is byte-identical: PKCS#1 v1.5 is deterministic.
+    """
+    key = _KEYS.get(private_key["modulus"])
+    if key is None:
+        key = rsa.RSAPrivateNumbers(
+            p=private_key["prime1"],
+            q=private_key["prime2"],
+            d=private_key["privateExponent"],
+            dmp1=private_key["exponent1"],
+            dmq1=private_key["exponent2"],
+            iqmp=private_key["coefficient"],
+            public_numbers=rsa.RSAPublicNumbers(
+                private_key["publicExponent"], private_key["modulus"]
+            ),
+        ).private_key()
+        _KEYS[private_key["modulus"]] = key
+    algorithm = hashes.SHA256() if hash_obj.name.lower() == "sha256" else hashes.SHA1()  # noqa: S303
+    return key.sign(hash_obj.digest(), padding.PKCS1v15(), Prehashed(algorithm))
+
+
+def use_openssl_for_rsa() -> None:
+    """Make dkimpy sign RSA through OpenSSL (see :func:`_openssl_rsa_sign`)."""
+    dkimpy.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
+
+
+RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+CHUNK = 1 << 20
+
+
+def _relaxed_lines(text: bytes) -> bytes:
+    """dkimpy's relaxed canonicalisation of whole lines (trailing blanks stripped, runs of
+    blanks made one space). Text where neither can apply (no tab, no two spaces in a row, no
+    space before a CRLF) is its own canonical form: three substring searches instead of two
+    regex passes that replace every single space with a space (0.4 ms for a 10 KB body)."""
+    if b"\t" not in text and b"  " not in text and b" \r\n" not in text:
+        return text
+    canonical: bytes = compress_whitespace(strip_trailing_whitespace(text))
+    return canonical
+
+
+def body_hash(body: bytes) -> bytes:
+    """The ``bh=`` value of ``body`` (CRLF lines) under relaxed canonicalisation.
+
+    dkimpy's own canonicalisation functions do the work, a megabyte of whole lines at a time,
+    so a 25 MiB report is never copied whole. Relaxed body canonicalisation is line by line
+    except at the end, where every trailing empty line goes and one CRLF ends the body (an
+    empty body hashes as nothing): trailing CRLFs are held back until more text follows.
+    """
+    h = hashlib.sha256()
+    held = 0  # CRLFs seen at the end of the text so far, not hashed yet
+    text = False
+    pos, size = 0, len(body)
+    while pos < size:
+        cut = body.find(b"\r\n", min(pos + CHUNK, size))
+        end = size if cut == -1 else cut + 2
+        chunk = _relaxed_lines(body[pos:end])
+        pos = end
+        stripped = len(chunk)
+        while stripped >= 2 and chunk[stripped - 2:stripped] == b"\r\n":
+            stripped -= 2
+        if stripped == 0:
+            held += len(chunk) // 2
+            continue
+        if held:
+            h.update(b"\r\n" * held)
+        h.update(chunk[:stripped])
+        held = (len(chunk) - stripped) // 2
+        text = True
+    if text:
+        h.update(b"\r\n")
+    return base64.b64encode(h.digest())
+
+
+class Signer:
+    """Signs outbound messages for the committee domain (relaxed/relaxed, rsa-sha256).
+
+    dkimpy canonicalises and hashes; the RSA step runs in OpenSSL. Copies that share a body
+    (a report forwarded to every member) share its body hash: only their headers are hashed
+    and signed for each copy.
+    """
+
+    def __init__(self, pem: bytes, selector: str, domain: str) -> None:
+        use_openssl_for_rsa()
+        self.pem = pem
+        self.selector = selector.encode()
+        self.domain = domain.encode()
+        self._key = dkimpy.crypto.parse_pem_private_key(pem)
+
+    def sign(self, message: bytes) -> bytes:
+        """Return ``message`` (CRLF) with a DKIM-Signature header prepended."""
+        end = message.find(b"\r\n\r\n")
+        head, body = (message, b"") if end == -1 else (message[:end + 4], message[end + 4:])
+        return self.signature(head, body_hash(body)) + message
+
+    def signature(self, head: bytes, bh: bytes) -> bytes:
+        """The ``DKIM-Signature`` header line(s) for a message with header block ``head`` and
+        a body whose :func:`body_hash` is ``bh``."""
+        signer = dkimpy.DKIM(head, linesep=b"\r\n")
+        present = {name.lower() for name, _ in signer.headers}
+        include = tuple(h for h in SIGNED_HEADERS if h in present)
+        signer.hasher = hashlib.sha256
+        fields = [
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", RELAXED.to_c_value()),
+            (b"d", self.domain),
+            (b"i", b"@" + self.domain),
+            (b"q", b"dns/txt"),
+            (b"s", self.selector),
+            (b"t", str(int(time.time())).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", bh),
+            (b"b", b"0" * 60),  # dkimpy's placeholder: b= folds onto its own line
+        ]
+        value: bytes = signer.gen_header(fields, include, RELAXED, b"DKIM-Signature", self._key)
+        return b"DKIM-Signature: " + value
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The outcome of verifying one DKIM signature of an inbound message."""
+
+    result: str  # pass | fail | temperror | permerror
+    domain: str = ""
+    selector: str = ""
+    auid: str = ""  # the i= tag: the user or agent the signer vouches for
+
+    def aligned_for(self, address: str) -> bool:
+        """Does this passing signature vouch for ``address``: its d= is the address's domain
+        or a parent of it (DMARC's relaxed alignment) and, when its i= names a user, that
+        user is the address (a provider that signs for each user tells them apart)?"""
+        if self.result != "pass" or not self.domain:
+            return False
+        domain = address.rpartition("@")[2].lower()
+        signer = self.domain.lower()
+        if domain != signer and not domain.endswith("." + signer):
+            return False
+        user, at, _ = self.auid.lower().rpartition("@")
+        return not (at and user) or self.auid.lower() == address.lower()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of verifying an inbound message's DKIM signatures (the first few)."""
+
+    result: str  # of the first signature: pass | fail | none | temperror | permerror
+    domain: str = ""
+    selector: str = ""
+    signatures: tuple[Signature, ...] = ()
+
+    def header_value(self, authserv_id: str) -> str:
+        """An RFC 8601 ``Authentication-Results`` value (no message content)."""
+        results = [f"dkim={s.result}" + (f" header.d={s.domain}" if s.domain else "")
+                   + (f" header.s={s.selector}" if s.selector else "")
+                   for s in self.signatures] or [f"dkim={self.result}"]
+        return f"{authserv_id}; " + "; ".join(results)
+
+    def aligned_for(self, address: str) -> bool:
+        """Does any signature pass and vouch for ``address`` (see :meth:`Signature.aligned_for`)?"""
+        return any(s.aligned_for(address) for s in self.signatures)
+
+
+_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)")
+_SIGNATURE = re.compile(rb"(?im)^dkim-signature:(.*(?:\r?\n[ \t].*)*)")
+DnsFunc = Callable[..., bytes | None]
+MAX_SIGNATURES = 3  # verified per message: providers add two at most (theirs and the user's)
+MAX_SIGNED_HEADERS = 100  # h= entries; more is not mail, and dkimpy's cost grows with them
+
+
+def make_dnsfunc(overrides: dict[str, str]) -> DnsFunc:
+    """A TXT lookup that answers from ``overrides`` first (tests, split horizon), then DNS."""
+    table = {k.rstrip(".").lower(): v.encode() for k, v in overrides.items()}
+
+    def lookup(name: bytes | str, timeout: float = 5) -> bytes | None:
+        text = name.decode() if isinstance(name, bytes) else name
+        hit = table.get(text.rstrip(".").lower())
+        if hit is not None:
+            return hit
+        result: bytes | None = dkimpy.dnsplug.get_txt(name, timeout=timeout)
+        return result
+
+    return lookup
+
+
+def verify(message: bytes, dnsfunc: DnsFunc, timeout: float,
+           max_signed_headers: int = MAX_SIGNED_HEADERS) -> Verdict:
+    """Verify the first :data:`MAX_SIGNATURES` DKIM signatures of ``message``; never raises.
+    A signature over more than ``max_signed_headers`` headers is not verified (permerror):
+    the processing budget, before dkimpy spends seconds on it."""
+    end = message.find(b"\r\n\r\n")
+    head = message[:end] if end != -1 else message[:65536]  # never a copy of a big body
+    head = head.split(b"\n\n", 1)[0]
+    found = list(_SIGNATURE.finditer(head))[:MAX_SIGNATURES]
+    if not found:
+        return Verdict("none")
+    signer: Any = None
+    results: list[Signature] = []
+    for idx, match in enumerate(found):
+        tags = {k.lower(): v.strip() for k, v in _TAG.findall(re.sub(rb"\s+", b"", match.group(1))
+                                                              .replace(b";", b"; "))}
+        domain = tags.get(b"d", b"").decode("ascii", "replace")
+        selector = tags.get(b"s", b"").decode("ascii", "replace")
+        auid = tags.get(b"i", b"").decode("ascii", "replace")
+        if tags.get(b"h", b"").count(b":") + 1 > max_signed_headers:
+            results.append(Signature("permerror", domain, selector, auid))
+            continue
+        try:
+            if signer is None:
+                signer = dkimpy.DKIM(message, timeout=timeout)
+            ok = signer.verify(idx=idx, dnsfunc=dnsfunc)
+            result = "pass" if ok else "fail"
+        except dkimpy.DnsTimeoutError:
+            result = "temperror"
+        except dkimpy.DKIMException:  # a bad signature, key or hash: it does not verify
+            result = "fail"
+        except Exception:  # noqa: BLE001 - dkimpy raises many kinds on malformed input
+            result = "permerror"
+        results.append(Signature(result, domain, selector, auid))
+    first = results[0]
+    return Verdict(first.result, first.domain, first.selector, tuple(results))

@@ -1,0 +1,453 @@
+"""What a person reads of a message: every MIME part decoded (transfer encoding, charset), HTML
+made plain with block elements as lines, and where quoted mail begins in what a client shows.
+
+Every privacy rule works on this, never on raw bytes: command parsing and follow-up text
+(:func:`body`), the document's copy of a message (:func:`text_of`), token redaction and the
+leak tests (:func:`views` and :func:`searchable`). The parts are read with the standard
+library's ``email`` package (``policy.default``); HTML with lxml (libxml2's parser, the one
+mail clients' own converters resemble most), walked without recursion.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import contextlib
+import html as html_lib
+import quopri
+import re
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from email.policy import compat32, default
+
+from lxml import etree
+from lxml import html as lxml_html
+
+from coc_mail.mail import quotes
+
+MAX_TEXT = 200_000  # characters of a body kept for commands and the document
+MAX_DEPTH = 64  # nested messages and multiparts walked (the budget allows fewer)
+
+# Elements that start and end a line, as browsers and mail clients lay them out.
+BLOCK = frozenset({
+    "address", "article", "aside", "blockquote", "center", "dd", "details", "dialog", "dir",
+    "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3",
+    "h4", "h5", "h6", "header", "hr", "li", "main", "menu", "nav", "ol", "p", "pre", "section",
+    "summary", "table", "tbody", "tfoot", "thead", "tr", "ul", "caption", "legend",
+    "option", "body", "html", "frameset", "noframes", "listing", "plaintext", "xmp",
+})
+PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "pre"})
+SKIP = frozenset({"script", "style", "head", "title", "template", "object", "embed"})
+# Where clients put the quoted message or the signature (class and id words, lowercased).
+QUOTE_CLASSES = frozenset({
+    "gmail_quote", "gmail_attr", "gmail_extra", "gmail_quote_container", "yahoo_quoted",
+    "moz-cite-prefix", "moz-forward-container", "outlookmessageheader", "protonmail_quote",
+    "zmail_extra", "replyheader", "reply-intro", "applemailquote", "quote",
+    "ms-outlook-mobile-reference-message", "x_gmail_quote", "x_gmail_attr", "x_moz-cite-prefix",
+    "x_yahoo_quoted",
+})
+QUOTE_IDS = frozenset({
+    "divrplyfwdmsg", "x_divrplyfwdmsg", "appendonsend", "x_appendonsend",
+    "olk_src_body_section", "x_olk_src_body_section", "stopspelling", "reply-intro",
+    "mail-editor-reference-message-container", "isforwardcontent", "isreplycontent",
+    "origbody",
+})
+SIGNATURE_CLASSES = frozenset({"gmail_signature", "moz-signature", "x_gmail_signature"})
+SIGNATURE_IDS = frozenset({"signature", "x_signature", "ms-outlook-mobile-signature",
+                           "applemailsignature"})
+_OUTLOOK_BORDER = re.compile(r"border-top:\s*solid\s+#(?:e1e1e1|b5c4df)", re.IGNORECASE)
+_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*>", re.IGNORECASE)
+_TAG = re.compile(r"(?s)<!--.*?-->|<[^>]*>")
+INVISIBLE = re.compile(r"[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180e\u200b-\u200f"
+                       r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
+
+
+@dataclass(frozen=True)
+class Body:
+    """The lines a client shows first of a message, and ``stop``: the index of the first line
+    of quoted mail or a signature (``len(lines)`` when there is none)."""
+
+    lines: list[str]
+    stop: int
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def written(self) -> list[str]:
+        """What the sender wrote: the lines before the first quote or signature."""
+        return self.lines[: self.stop]
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """The whole message, ``policy.default`` (decoded headers and parts)."""
+    msg = message_from_bytes(raw, policy=default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def decoded_text(part: Message) -> str:
+    """A text part's content as text: transfer encoding and charset undone, tolerantly (an
+    unknown or lying charset falls back to UTF-8, then Latin-1)."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        inner = part.get_payload()
+        return inner if isinstance(inner, str) else ""
+    charset = str(part.get_content_charset() or "utf-8").strip().strip('"').lower()
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        charset = "utf-8"
+    for name in dict.fromkeys((charset, "utf-8")):
+        try:
+            return payload.decode(name)
+        except Exception:  # noqa: BLE001, S112 - UnicodeDecodeError, or a codec's own error
+            continue
+    try:  # the declared charset, its broken bytes replaced: still closest to what is shown
+        return payload.decode(charset, "replace")
+    except Exception:  # noqa: BLE001 - a codec that cannot even do that
+        return payload.decode("latin-1")
+
+
+# -- HTML -----------------------------------------------------------------------------------
+def _words(value: str | None) -> set[str]:
+    return {w.lower() for w in (value or "").split()}
+
+
+def is_quote(el: etree._Element) -> bool:
+    """Does this element hold quoted mail (the start of a reply's or forward's quote)?"""
+    tag = el.tag if isinstance(el.tag, str) else ""
+    if tag == "blockquote":
+        return True
+    if _words(el.get("class")) & QUOTE_CLASSES or _words(el.get("id")) & QUOTE_IDS:
+        return True
+    if tag == "hr" and (el.get("tabindex") == "-1" or _words(el.get("id")) & QUOTE_IDS):
+        return True  # Outlook on the web puts this rule before its header block
+    return tag == "div" and bool(_OUTLOOK_BORDER.search(el.get("style") or ""))
+
+
+def _paragraph(el: etree._Element, tag: str) -> bool:
+    """Is there a blank line around this block? Not for Word's MsoNormal paragraphs (Outlook
+    sets their margins to 0 and writes an empty paragraph for a blank line)."""
+    return tag in PARAGRAPH and "msonormal" not in _words(el.get("class"))
+
+
+def is_signature(el: etree._Element) -> bool:
+    return bool(_words(el.get("class")) & SIGNATURE_CLASSES
+                or _words(el.get("id")) & SIGNATURE_IDS)
+
+
+class _Lines:
+    """Text laid out as a mail client lays out HTML: blocks on lines of their own."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.current: list[str] = []
+        self.blank_before = False
+
+    def add(self, text: str, *, pre: bool) -> None:
+        if not text:
+            return
+        if pre:
+            first, *rest = text.split("\n")
+            self.current.append(first)
+            for piece in rest:
+                self.hard_break()
+                self.current.append(piece)
+            return
+        self.current.append(_SPACE.sub(" ", text))
+
+    def hard_break(self) -> None:  # <br>: ends the line, even an empty one
+        self.lines.append("".join(self.current))
+        self.current = []
+
+    def block(self, *, paragraph: bool = False) -> None:  # a block's edge: a new line if needed
+        if any(not c.isascii() or not c.isspace() for c in "".join(self.current)):
+            self.hard_break()  # (a line of just &nbsp; is a blank line: Outlook's way)
+        self.current = []
+        if paragraph and self.lines and self.lines[-1].strip():
+            self.lines.append("")
+
+    def finish(self) -> list[str]:
+        self.block()
+        lines = [line.replace("\xa0", " ").strip() for line in self.lines]
+        out: list[str] = []
+        for line in lines:
+            if not line and (not out or not out[-1]):
+                continue  # no leading blank lines, no runs of them
+            out.append(line)
+        while out and not out[-1]:
+            out.pop()
+        return out
+
+
+def html_body(source: str) -> Body:
+    """HTML made plain, and where its first quote or signature element begins."""
+    source = _XML_DECL.sub("", source)
+    if not source.strip():
+        return Body([], 0)
+    try:
+        parser = lxml_html.HTMLParser(encoding="utf-8", remove_pis=True, no_network=True)
+        root = lxml_html.document_fromstring(source.encode("utf-8", "surrogatepass"),
+                                             parser=parser)
+    except Exception:  # noqa: BLE001 - not HTML at all: read it as text without tags
+        lines = [line.strip() for line in html_lib.unescape(_TAG.sub(" ", source)).split("\n")]
+        return Body(lines, len(lines))
+    out = _Lines()
+    stop: int | None = None
+    pre = 0
+    walker = etree.iterwalk(root, events=("start", "end"))
+    for event, el in walker:
+        tag = el.tag.lower() if isinstance(el.tag, str) else ""
+        if event == "start":
+            if not tag:  # a comment: its text is not shown; its tail is
+                continue
+            if tag in SKIP:
+                walker.skip_subtree()
+                continue
+            if stop is None and (is_quote(el) or is_signature(el)):
+                out.block()
+                stop = len(out.lines)
+            if tag == "br":
+                out.hard_break()
+            elif tag in BLOCK:
+                out.block(paragraph=_paragraph(el, tag))
+            if tag in ("pre", "textarea", "listing", "xmp", "plaintext"):
+                pre += 1
+            if tag in ("td", "th") and out.current:
+                out.add(" ", pre=False)
+            if tag == "li":
+                out.add("- ", pre=False)
+            out.add(el.text or "", pre=pre > 0)
+            continue
+        if tag in ("pre", "textarea", "listing", "xmp", "plaintext"):
+            pre = max(0, pre - 1)
+        if tag in BLOCK and tag not in SKIP:
+            out.block(paragraph=_paragraph(el, tag))
+        out.add(el.tail or "", pre=pre > 0)
+    lines = out.finish()
+    if stop is None:
+        return Body(lines, len(lines))
+    # Line numbers before finish() counted blank runs that finish() folds: recount.
+    before = _Lines()
+    before.lines = out.lines[:stop]
+    return Body(lines, min(len(lines), len(before.finish())))
+
+
+# -- the text a client shows first ----------------------------------------------------------
+def first_text_part(msg: EmailMessage) -> Message | None:
+    """The part a mail client shows as the body: text/plain preferred, else text/html."""
+    try:
+        return msg.get_body(preferencelist=("plain", "html"))
+    except Exception:  # noqa: BLE001 - broken structure: no body
+        return None
+
+
+def body(raw: bytes | EmailMessage, guards: Iterable[quotes.Guard] = ()) -> Body:
+    """The lines a client shows first (the text part, else the HTML made plain) and where the
+    quoted mail or signature begins: HTML markers, the plain-text rules of
+    :mod:`coc_mail.mail.quotes` or a line one of ``guards`` finds, whichever comes first."""
+    try:
+        msg = parse(raw) if isinstance(raw, bytes) else raw
+        part = first_text_part(msg)
+        if part is None:
+            return Body([], 0)
+        content = decoded_text(part)[:MAX_TEXT]
+    except Exception:  # noqa: BLE001 - broken MIME: read the raw bytes as text
+        content = (raw if isinstance(raw, bytes) else b"").decode("utf-8", "replace")[:MAX_TEXT]
+        part = None
+    if part is not None and part.get_content_type() == "text/html":
+        found = html_body(content)
+    else:
+        lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if part is not None and str(part.get_param("format", "")).lower() == "flowed":
+            lines = quotes.unflow(lines, delsp=str(part.get_param("delsp", "")).lower() == "yes")
+        lines = [line.rstrip() for line in lines]
+        while lines and not lines[-1]:
+            lines.pop()
+        found = Body(lines, len(lines))
+    stop = min(found.stop, quotes.first_quote(found.lines[:found.stop], guards))
+    return Body(found.lines, stop)
+
+
+def text_of(raw: bytes) -> str:
+    """The readable text of a message for the case document: what a client shows (quoted
+    parts included), and the names of its attachments."""
+    try:
+        msg = parse(raw)
+        shown = body(msg).text
+        names = [str(p.get_filename()) for p in msg.iter_attachments() if p.get_filename()]
+    except Exception:  # noqa: BLE001 - broken MIME: the raw text is still the message
+        return raw.decode("utf-8", "replace")[:MAX_TEXT]
+    if names:
+        shown += "\n[attachments: " + ", ".join(names) + "]\n"
+    return shown[:MAX_TEXT]
+
+
+# -- everything, for privacy checks ---------------------------------------------------------
+def searchable(text: str) -> str:
+    """Text as a reader could take it in, for matching secrets: compatibility forms folded
+    (fullwidth letters), invisible characters dropped, HTML entities and URL escapes undone
+    (twice: ``%2540`` too), case folded."""
+    text = html_lib.unescape(text)
+    for _ in range(2):
+        text = urllib.parse.unquote(text, errors="replace")
+    text = unicodedata.normalize("NFKC", text)
+    text = INVISIBLE.sub("", text)
+    return html_lib.unescape(text).casefold()
+
+
+def _html_views(source: str, wanted: Callable[[str], bool] | None) -> Iterator[str]:
+    yield source  # the source itself, as "view source" shows it
+    if wanted is not None and not wanted(source):
+        return  # nothing the caller looks for can be in the views made from it
+    no_tags = _TAG.sub("", source)
+    yield no_tags  # text split by inline tags read as one
+    yield "\n".join(html_body(source).lines)
+    try:
+        parser = lxml_html.HTMLParser(encoding="utf-8", no_network=True)
+        root = lxml_html.document_fromstring(source.encode("utf-8", "surrogatepass"),
+                                             parser=parser)
+        yield "".join(root.itertext())
+        yield "\n".join(str(v) for el in root.iter() for v in el.attrib.values())
+    except Exception:  # noqa: BLE001, S110 - nothing more to read
+        pass
+
+
+# Lines that are all base64 (16 characters or more: no line of words is), and a last short one.
+_B64_LINE = re.compile(rb"\n[A-Za-z0-9+/]{16}")
+_B64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]{16,}={0,2}[ \t]*\r?\n)+"
+                        rb"(?:^[A-Za-z0-9+/]{1,15}={0,2}[ \t]*\r?(?:\n|$))?")
+
+
+def _raw_views(data: bytes) -> Iterator[str]:
+    """Views of bytes that trust no MIME structure: as they are, quoted-printable undone, and
+    every base64-looking run decoded."""
+    yield data.decode("latin-1")
+    yield quopri.decodestring(data).decode("utf-8", "replace")
+    if not _B64_LINE.search(data):  # (a quick test first: one starts with a newline)
+        return
+    for run in _B64_BLOCK.finditer(data):
+        chunk = re.sub(rb"\s+", b"", run.group())
+        chunk = chunk[: len(chunk) - len(chunk) % 4]
+        if len(chunk) < 16:
+            continue
+        try:
+            decoded = base64.b64decode(chunk, validate=False)
+        except (binascii.Error, ValueError):
+            continue
+        yield decoded.decode("utf-8", "replace")
+
+
+def views(raw: bytes, *, depth: int = 0,
+          wanted: Callable[[str], bool] | None = None) -> Iterator[str]:
+    """Every string a reader of ``raw`` could see: each header decoded, each part's decoded
+    text (HTML as source, as shown and as attribute values), binary parts as Latin-1 and
+    UTF-16, nested messages in full, and the raw bytes read without trusting the MIME
+    structure. Feed them through :func:`searchable` before matching. ``wanted`` tells from
+    an HTML source whether its costlier views (parsed, laid out) can hold what the caller
+    looks for. A view equal to one already given is not given again."""
+    seen: set[tuple[int, int]] = set()
+    for view in _all_views(raw, depth, wanted):
+        key = (len(view), hash(view))
+        if key not in seen:
+            seen.add(key)
+            yield view
+
+
+_CTYPE = re.compile(rb"(?im)^content-type:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)")
+_CTE = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*([^;\r\n]*)")
+_UTF8 = re.compile(rb'(?i)^text/plain\s*(?:;\s*charset\s*=\s*"?(?:utf-?8|us-ascii)"?\s*)?$')
+
+
+def _plain_text(head: bytes) -> bool:
+    """Is this one text/plain part in UTF-8 or ASCII, in any transfer encoding, with plain
+    headers: the commonest report, of which the raw views (as they are, quoted-printable
+    undone, base64 undone, read as UTF-8) are all a reader sees?"""
+    ctype = _CTYPE.findall(head)
+    cte = _CTE.findall(head)
+    return (len(ctype) <= 1 and (not ctype or bool(_UTF8.match(ctype[0].strip())))
+            and len(cte) <= 1 and (not cte or cte[0].strip().lower() in (
+                b"7bit", b"8bit", b"quoted-printable", b"base64"))
+            and b"=?" not in head)  # (encoded words need decoding too)
+
+
+def _all_views(raw: bytes, depth: int, wanted: Callable[[str], bool] | None) -> Iterator[str]:
+    yield from _raw_views(raw)
+    if depth > MAX_DEPTH:
+        return
+    end = raw.find(b"\r\n\r\n")
+    if end != -1 and _plain_text(raw[:end + 2]):
+        body = raw[end + 4:]
+        cte = _CTE.findall(raw[:end + 2])
+        if cte and cte[0].strip().lower() == b"base64":
+            with contextlib.suppress(binascii.Error, ValueError):
+                body = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body))
+        yield body.decode("utf-8", "replace")  # its text as UTF-8 (quoted-printable: above)
+        return
+    try:  # compat32: the same parts, without building an object for every header
+        msg = message_from_bytes(raw, policy=compat32)
+    except Exception:  # noqa: BLE001 - the raw views are all there is
+        return
+    yield from _message_views(msg, depth, wanted)
+
+
+def _header_text(value: object) -> str:
+    """A header's value as a reader sees it: encoded words decoded (bounded)."""
+    text = str(value)
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text[:65536])))
+    except Exception:  # noqa: BLE001 - malformed encoded words: as they are
+        return text
+
+
+def _message_views(msg: Message, depth: int,
+                   wanted: Callable[[str], bool] | None) -> Iterator[str]:
+    stack: list[tuple[Message, int]] = [(msg, depth)]
+    while stack:
+        part, level = stack.pop()
+        for name, value in part.items():
+            yield f"{name}: {_header_text(value)}"
+        if level > MAX_DEPTH:
+            continue
+        try:
+            ctype = part.get_content_type()
+            payload = part.get_payload()
+        except Exception:  # noqa: BLE001, S112 - unreadable part: raw views cover it
+            continue
+        if part.is_multipart() and isinstance(payload, list):
+            stack.extend((p, level + 1) for p in payload if isinstance(p, Message))
+            for extra in (part.preamble, part.epilogue):
+                if extra:
+                    yield extra
+            continue
+        try:
+            data = part.get_payload(decode=True)
+        except Exception:  # noqa: BLE001 - undecodable: read it as it is
+            data = None
+        if not isinstance(data, bytes):
+            data = str(payload).encode("utf-8", "surrogateescape")
+        if ctype.startswith("text/"):
+            text = decoded_text(part)
+            yield text
+            if ctype == "text/html":
+                yield from _html_views(text, wanted)
+            continue
+        # Not text: its bytes as a viewer or a hex dump shows them (ASCII, and the UTF-16 that
+        # office documents store strings in).
+        yield data.decode("latin-1")
+        yield data.decode("utf-16-le", "replace")
+        yield data.decode("utf-16-be", "replace")
+        if ctype in ("message/rfc822", "message/global") or (
+                str(part.get_filename() or "").lower().endswith(".eml")):
+            yield from views(data, depth=level + 1, wanted=wanted)

@@ -1,0 +1,293 @@
+"""The SMTP side: an aiosmtpd handler that only gives verdicts and commits accepted mail.
+
+RCPT: each address is classified (:mod:`coc_mail.smtp.verdicts`); unknown ones get 550 at once.
+DATA: size (aiosmtpd, 552), header presence, loop and hop checks, then a durable commit to
+the incoming queue and only then ``250``. Parsing, routing, rendering and signing happen
+later, in :mod:`coc_mail.cases.processor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any, cast
+
+from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from coc_mail.config import Settings
+from coc_mail.errors import StoreUnavailable
+from coc_mail.mail.addresses import Addresses
+from coc_mail.mail.message import Envelope, header_block
+from coc_mail.smtp import verdicts
+from coc_mail.smtp.limits import Limits
+from coc_mail.smtp.spool import DiskFull, Spool
+from coc_mail.store.crypto import BIG
+
+log = logging.getLogger(__name__)
+
+
+class IntakeHandler:
+    """aiosmtpd handler: ``handle_RCPT`` and ``handle_DATA`` verdicts, nothing slow."""
+
+    def __init__(
+        self, settings: Settings, addresses: Addresses, engine: Engine, spool: Spool
+    ) -> None:
+        self.settings = settings
+        self.addresses = addresses
+        self.engine = engine
+        self.spool = spool
+        self.loop_marker = addresses.alias.encode()
+        self.accepting = True
+        self.limits = Limits(
+            max_per_ip=settings.server.max_connections_per_ip,
+            unknown_per_window=settings.server.unknown_recipients_per_10_minutes,
+            trusted=lambda ip: self.settings.intake.is_trusted(ip),
+        )
+
+    def _lookup(self, address: str) -> str:
+        recipient = self.addresses.parse(address)
+        if verdicts.needs_database(recipient):
+            with Session(self.engine) as session:
+                return verdicts.rcpt_verdict(address, self.settings, self.addresses, session)[0]
+        return verdicts.rcpt_verdict(address, self.settings, self.addresses, None)[0]
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: SmtpEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= verdicts.MAX_RECIPIENTS:
+            return verdicts.TOO_MANY_RCPTS
+        ip = str(session.peer[0]) if session.peer else ""
+        if self.limits.penalised(ip):
+            return verdicts.GUESSING
+        recipient = self.addresses.parse(address)
+        try:
+            if verdicts.needs_database(recipient):
+                reply = await asyncio.to_thread(self._lookup, address)
+            else:
+                reply = self._lookup(address)
+        except Exception as exc:  # noqa: BLE001 - the database is down: let the sender retry
+            log.warning("rcpt: lookup failed: %s", type(exc).__name__)
+            return verdicts.TEMP_STORE
+        if reply.startswith("250"):
+            if address.lower() not in (a.lower() for a in envelope.rcpt_tos):
+                envelope.rcpt_tos.append(address)  # a repeated RCPT is accepted once
+        else:
+            if reply == verdicts.NO_SUCH_USER:
+                self.limits.miss(ip)
+            log.info("rcpt: refused %s from %s", reply[:9], ip or "?")
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        if not self.accepting:
+            return verdicts.SHUTTING_DOWN
+        content: bytes = envelope.original_content or b""
+        head = header_block(content)
+        if len(head) > verdicts.MAX_HEADER_BYTES:
+            return verdicts.HEADERS_TOO_BIG.format(limit=verdicts.MAX_HEADER_BYTES)
+        headers = BytesHeaderParser(policy=compat32).parsebytes(head)
+        if not headers.keys():
+            return verdicts.NO_HEADERS
+        for value in headers.get_all("X-Loop", []):
+            if str(value).strip().lower().encode() == self.loop_marker:
+                log.warning("data: loop detected, refused")
+                return verdicts.LOOP
+        if len(headers.get_all("Received", [])) > verdicts.MAX_HOPS:
+            return verdicts.TOO_MANY_HOPS
+        smtputf8 = "SMTPUTF8" in {o.upper() for o in envelope.mail_options}
+        spooled = Envelope(
+            mail_from=(envelope.mail_from or "").strip().strip("<>"),  # null sender: ""
+            rcpt_tos=list(envelope.rcpt_tos),
+            peer=str(session.peer[0]) if session.peer else "",
+            smtputf8=smtputf8,
+            tls=session.ssl is not None,
+        )
+        try:
+            queue_id = await self.spool.put(spooled, content)
+        except DiskFull:
+            return verdicts.DISK_FULL
+        except StoreUnavailable:
+            return verdicts.TEMP_STORE
+        log.info(
+            "data: queued inbound %d (%d bytes, %d rcpt)",
+            queue_id,
+            len(content),
+            len(spooled.rcpt_tos),
+        )
+        return verdicts.QUEUED.format(id=queue_id)
+
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a session: a temporary failure, logged without content."""
+        log.error("smtp: unexpected %s", type(error).__name__)
+        return verdicts.UNEXPECTED
+
+
+TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words
+TOO_MUCH = "552 Error: Too much mail data"
+
+
+class BoundedSMTP(SMTP):
+    """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it), on the DATA bytes
+    all sessions hold in memory together (``server.max_data_memory_bytes``; a session that
+    would go past it is answered ``451`` once its data is read, and keeps nothing), and lines
+    up to 64 KiB: RFC 5321 says 1000, but real mail (HTML from some clients) has longer lines
+    and a report must not bounce for it (Postfix accepts them too)."""
+
+    active = 0
+    held = 0  # DATA bytes held by every session of this process, until their commit
+    line_length_limit = 65536
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_connections: int,
+        limits: Limits,
+        max_session_seconds: float,
+        max_data_memory: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self.max_data_memory = max_data_memory
+        self.limits = limits
+        self.max_session_seconds = max_session_seconds
+        self._counted = False
+        self._ip = ""
+        self._deadline: asyncio.TimerHandle | None = None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA read into one growing buffer. aiosmtpd keeps every line as an object of its
+        own and then joins them, holding a big message about four times over (measured in
+        ``bench/scale.py``); this holds it about once. Replies, limits and the handler call
+        are aiosmtpd's: 503/501 before 354, ``500`` for an over-long line, ``552`` past
+        ``data_size_limit`` (both after the whole message is read, RFC 5321 4.2.5)."""
+        if self._decode_data:  # pragma: no cover - coc-mail takes bytes; keep aiosmtpd's
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = bytearray()
+        size, limit = 0, self.data_size_limit
+        refusal = ""
+        continued = False  # inside a line longer than the reader's limit
+        counted = 0  # of BoundedSMTP.held, this session's share
+        try:
+            while self.transport is not None:
+                try:
+                    line = await self._reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await self._reader.read(exc.consumed)  # drained, never kept
+                    size += len(chunk)
+                    continued = True
+                    refusal = refusal or TOO_LONG
+                    data = bytearray()
+                    continue
+                if line == b".\r\n" and not continued:
+                    break
+                size += len(line)
+                if continued or len(line) > self.line_length_limit:
+                    refusal = refusal or TOO_LONG
+                elif limit and size > limit:
+                    refusal = refusal or TOO_MUCH
+                elif BoundedSMTP.held + len(line) > self.max_data_memory:
+                    refusal = refusal or verdicts.TOO_BUSY
+                    log.warning("data: %d bytes held by all sessions; this one gets 451",
+                                BoundedSMTP.held)
+                continued = False
+                if refusal:
+                    data = bytearray()  # nothing more is kept once the answer is known
+                    BoundedSMTP.held -= counted
+                    counted = 0
+                    continue
+                data += memoryview(line)[1:] if line[:1] == b"." else line  # RFC 5321 4.5.2
+                BoundedSMTP.held += len(line)
+                counted += len(line)
+            if refusal:
+                await self.push(refusal)
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            content = bytes(data) if len(data) < BIG else data  # big: never copied
+            self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
+            del data
+            status = await self._call_handler_hook("DATA")
+        finally:
+            BoundedSMTP.held -= counted
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if peer else ""
+        too_many = BoundedSMTP.active >= self.max_connections
+        if too_many or not self.limits.open(self._ip):
+            # uvloop's transports write but are not asyncio.WriteTransport subclasses.
+            cast(asyncio.WriteTransport, transport).write(
+                b"421 4.7.0 Too many connections, try again later\r\n"
+            )
+            transport.close()
+            return
+        BoundedSMTP.active += 1
+        self._counted = True
+        # A whole session, however busy, has a time limit (slowloris clients trickle bytes
+        # and are never idle).
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.max_session_seconds, transport.close
+        )
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._counted:  # refused in connection_made: nothing was set up
+            return
+        BoundedSMTP.active -= 1
+        self._counted = False
+        self.limits.close(self._ip)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(error)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context when ``server.tls_cert``/``tls_key`` are set, else ``None``."""
+    if not settings.server.tls_cert or not settings.server.tls_key:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    return context
+
+
+def smtp_factory(settings: Settings, handler: IntakeHandler) -> BoundedSMTP:
+    return BoundedSMTP(
+        handler,
+        max_connections=settings.server.max_connections,
+        limits=handler.limits,
+        max_session_seconds=settings.server.max_session_seconds,
+        max_data_memory=settings.server.max_data_memory_bytes,
+        data_size_limit=settings.server.max_message_bytes,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        hostname=settings.server.hostname,
+        ident="coc-mail",
+        tls_context=tls_context(settings),
+        timeout=settings.server.timeout_seconds,
+    )
