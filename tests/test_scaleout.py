@@ -18,7 +18,7 @@ MEMBERS = ("ada@example.net", "grace@example.net", "linus@example.net")
 def test_two_daemons_one_killed_mid_load(tmp_path: Path, pg_admin: str | None) -> None:
     if pg_admin is None:
         pytest.skip("PostgreSQL not configured ($COC_MAIL_TEST_PG)")
-    from coc_mail.conftest import _drop_pg_database, _fresh_pg_database
+    from tests.conftest import _drop_pg_database, _fresh_pg_database
 
     url, name = _fresh_pg_database(pg_admin)
     relay = Relay().start()
