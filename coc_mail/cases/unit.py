@@ -1,0 +1,103 @@
+"""One accepted message's unit of work: its session and outbox, and what every kind does with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from email.utils import formataddr
+
+from sqlmodel import Session
+
+from coc_mail.app import App
+from coc_mail.config import Member
+from coc_mail.delivery.outbox import Outbox
+from coc_mail.mail import dkim
+from coc_mail.mail.compose import ForwardBody, forward_head
+from coc_mail.mail.message import Incoming
+from coc_mail.store import Case, counter, utcnow
+
+NOTICES_PER_HOUR = 3
+
+
+@dataclass
+class Unit:
+    """One message being handled: the session it reads and writes, the copies it queues, and
+    the cases it has reached already (each target is handled once per message)."""
+
+    app: App
+    session: Session
+    msg: Incoming
+    outbox: Outbox
+    row_id: int = 0
+    done_cases: set[int] = field(default_factory=set)
+    _verdict: dkim.Verdict | None = None
+    _verified: bool = False
+    bodies: dict[str, tuple[ForwardBody, int]] = field(default_factory=dict)  # per intro text
+
+    def verdict(self) -> dkim.Verdict | None:
+        """The inbound DKIM verdict, computed once (a DNS lookup; no write lock is held)."""
+        if not self._verified:
+            self._verified = True
+            if self.app.settings.dkim.verify_inbound:
+                self._verdict = dkim.verify(
+                    self.msg.content, self.app.dnsfunc, self.app.settings.dkim.dns_timeout,
+                    self.app.settings.processing.max_dkim_signed_headers,
+                )
+        return self._verdict
+
+    def dkim_warning(self) -> list[str]:
+        """Lines that warn the members when the sender's DKIM signature failed."""
+        verdict = self.verdict()
+        if verdict is None or verdict.result not in ("fail", "permerror"):
+            return []
+        return [
+            f"WARNING: the sender's DKIM signature did not verify (dkim={verdict.result}).",
+            "The sender address may be forged; be careful before replying to it.",
+            "",
+        ]
+
+    def forward(self, case: Case, member: Member, intro: str,
+                original: bytes | None = None) -> None:
+        """Queue a copy of the message, attached unaltered (or ``original``: the message with
+        our addresses taken out), for one member; copies with one intro share one body."""
+        app, msg = self.app, self.msg
+        committee = app.settings.committee
+        verdict = self.verdict()
+        auth = verdict.header_value(app.settings.server.hostname) if verdict else None
+        shared = self.bodies.get(intro)
+        if shared is None:
+            built = ForwardBody.build(intro, msg.content if original is None else original)
+            shared = self.bodies[intro] = (built, self.outbox.share(built.parts))
+        body, stored = shared
+        self.outbox.queue(
+            case=case,
+            role=member.handle,
+            recipient=member.email,
+            body=stored,
+            build=lambda mid: forward_head(
+                from_name=committee.name,
+                from_addr=app.alias,
+                to=formataddr((member.name, member.email)),
+                reply_to=app.addresses.case(case.code_name, member.handle),
+                subject=msg.cleaned_subject(case.code_name),
+                body=body,
+                message_id=mid,
+                loop=app.alias,
+                auth_results=auth,
+            ),
+        )
+
+    def notice_allowed(self, member: Member) -> bool:
+        """At most NOTICES_PER_HOUR "ignored" notices to one member in an hour (the From: of
+        what caused them may be forged: a forger cannot flood the member)."""
+        now = utcnow()
+        tag = self.app.keys.tag("ignored-notice", member.handle, f"{now:%Y%m%d%H}")
+        row = counter(self.session, tag, now.date())
+        row.count += 1
+        self.session.add(row)
+        return row.count <= NOTICES_PER_HOUR
+
+    def reply_to_member(self, case: Case | None, member: Member, body: str) -> None:
+        """Answer a member about this message (and nobody else)."""
+        msg = self.msg
+        subject = f"Re: {msg.subject}" if msg.subject else "coc-mail"
+        self.outbox.to_member(member, case, subject, body, in_reply_to=msg.message_id or None)
