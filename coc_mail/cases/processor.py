@@ -1,11 +1,12 @@
 """Processing the incoming queue: route each accepted message and apply it in one transaction.
 
 What a message is and who handles it is decided by :mod:`coc_mail.cases.route`; this module
-is the loop around it. For each message: read and open the row, do the slow work (DKIM verification, rendering,
-signing) with no write lock held, then in one short transaction apply the case change, add
-the queued copies and delete the row. A crash at any point either redoes the whole step or
-finds it done. A message that keeps failing (not for a database outage) is shunted: kept
-sealed, the operators told, and retried by ``coc-mail queue --flush``.
+is the loop around it. For each message: read and open the row, do the slow work (DKIM
+verification, rendering, signing) with no write lock held, then in one short transaction
+apply the case change, add the queued copies and delete the row. A crash at any point
+either redoes the whole step or finds it done. A message that keeps failing (not for a
+database outage) is shunted: kept sealed, the operators told, and retried by
+``coc-mail queue --flush``.
 """
 
 from __future__ import annotations
