@@ -29,8 +29,9 @@ from sqlmodel import Session, col, select
 
 from coc_mail.app import App
 from coc_mail.cases import audit, conflicts, document, watchdog
+from coc_mail.cases.members import declared_conflicts, pending_members
 from coc_mail.cases.standing import Standing, open_standings, receiving_members, unused_code_name
-from coc_mail.cases.workflow import Work, declared_conflicts, pending_members
+from coc_mail.cases.work import Work
 from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.errors import where
