@@ -1,4 +1,4 @@
-"""Follow-ups to the reporter (SPEC 4.5): /followup sends a rendered template, /preview shows it."""
+"""Follow-ups (SPEC 4.5): /followup renders a template for the reporter, /preview for yourself."""
 
 from __future__ import annotations
 

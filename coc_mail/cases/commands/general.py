@@ -112,5 +112,5 @@ def join_open_cases(work: Work, member: Member, declared: Iterable[str]) -> list
 
 
 @general_command("help", "/help", "this list")
-def help(work: Work, case: Case | None, member: Member, cmd: Command) -> None:
+def list_commands(work: Work, case: Case | None, member: Member, cmd: Command) -> None:
     work.reply(member, case, help_text(case=case is not None))

@@ -1,4 +1,4 @@
-"""The command table: every member command registered once with its usage and help, and parsing."""
+"""The command table: each member command registered once with its usage and help; parsing."""
 
 from __future__ import annotations
 
