@@ -267,7 +267,7 @@ def cmd_case_show(args: argparse.Namespace) -> int:
 
 def cmd_discard(args: argparse.Namespace) -> int:
     from coc_mail.app import build
-    from coc_mail.cases import workflow
+    from coc_mail.cases.commands.discard import discard
     from coc_mail.delivery.outbox import Outbox
 
     settings = _settings(args)
@@ -281,8 +281,7 @@ def cmd_discard(args: argparse.Namespace) -> int:
             )
         outbox = Outbox(app)
         asked = " a member asked and" if case.discard_by else ""
-        workflow.discard(app, session, outbox, case, "operator",
-                         f"{asked} an operator discarded it".strip())
+        discard(app, session, outbox, case, "operator", f"{asked} an operator discarded it".strip())
         told = outbox.write(session)
         session.commit()
     _signal(settings, signal.SIGUSR1, quiet=True)

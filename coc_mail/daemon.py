@@ -18,7 +18,7 @@ from sqlmodel import Session, delete, select, update
 
 from coc_mail import config as config_mod
 from coc_mail.app import App, build
-from coc_mail.cases import workflow
+from coc_mail.cases import members
 from coc_mail.config import Settings
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.delivery.worker import retry_now
@@ -63,7 +63,7 @@ def sync_members(app: App) -> None:
     """Records for every configured member; onboarding mail to the new ones."""
     with Session(app.engine, autoflush=False) as session:
         outbox = Outbox(app)
-        onboarded = workflow.sync_members(app, outbox, session)
+        onboarded = members.sync_members(app, outbox, session)
         outbox.write(session)
         session.commit()
     if onboarded:

@@ -139,7 +139,7 @@ def test_command_parser_never_crashes(text: str) -> None:
     except commands.UnknownCommand:
         return
     if cmd is not None:
-        assert cmd.name in commands.COMMANDS
+        assert cmd.name in commands.TABLE
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

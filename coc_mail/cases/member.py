@@ -6,9 +6,12 @@ import logging
 
 from sqlmodel import select
 
+from coc_mail.cases import commands, thread
 from coc_mail.cases.unit import Unit
-from coc_mail.cases.workflow import Work
+from coc_mail.cases.work import MAX_ARGS, Refusal, Work
 from coc_mail.config import Member
+from coc_mail.errors import TemplateProblem
+from coc_mail.mail import readable
 from coc_mail.mail.addresses import Kind, Recipient
 from coc_mail.store import Case
 
@@ -48,7 +51,36 @@ def to_member_address(unit: Unit, r: Recipient) -> None:
             + ". If not, someone may have your case address: tell the operators.\n",
         )
         return
-    Work(unit.app, unit.session, unit.outbox, unit.msg).member_mail(case, owner)
+    member_mail(Work(unit.app, unit.session, unit.outbox, unit.msg), case, owner)
+
+
+def member_mail(work: Work, case: Case | None, member: Member) -> None:
+    """A member's mail to a case address (``case``) or to their member address (None): a
+    command from the table, or else a post for the case's thread. A refusal is answered to
+    the member alone and changes nothing."""
+    try:
+        work.body = readable.body(work.msg.content, work.quoted_mail_marks(case))
+        try:
+            command = commands.parse(work.body.lines, work.body.stop)
+        except commands.UnknownCommand as exc:
+            raise Refusal(
+                f"There is no command /{exc}.\n\n" + commands.help_text(case=case is not None)
+            ) from None
+        if command is not None and len(command.args) > MAX_ARGS:
+            raise Refusal(f"The line of /{command.name} is {len(command.args)} characters "
+                          f"long; {MAX_ARGS} at most. Nothing changed.\n"
+                          + commands.usage(command.name))
+        if command is not None:
+            commands.run(work, case, member, command)
+        elif case is None:
+            raise Refusal("Mail to your member address must be a command.\n\n"
+                          + commands.help_text(case=False))
+        else:
+            thread.post(work, case, member)
+    except Refusal as refusal:
+        work.reply(member, case, str(refusal))
+    except TemplateProblem as problem:
+        work.reply(member, case, f"Nothing was sent: {problem}")
 
 
 def token_owner(unit: Unit, r: Recipient) -> Member | None:

@@ -8,9 +8,9 @@ from sqlmodel import Session
 
 from coc_mail.app import App
 from coc_mail.cases import audit, conflicts
+from coc_mail.cases.members import declared_conflicts, pending_members
 from coc_mail.cases.standing import Standing, open_standings, unused_code_name
 from coc_mail.cases.unit import Unit
-from coc_mail.cases.workflow import declared_conflicts, pending_members
 from coc_mail.mail.compose import text_message
 from coc_mail.store import Case, counter, deferred_blob, fill_blob, utcnow
 
