@@ -140,9 +140,9 @@ def run(kills: int, reports: int, database: str | None, seed: int) -> dict[str, 
 
 
 def hostile_inputs(count: int, seed: int) -> dict[str, object]:
-    """The hostile corpus of tests/test_hostile.py plus ``count`` random mixtures of it, sent
+    """The hostile corpus of tests/smtp/test_hostile.py plus ``count`` random mixtures of it, sent
     over SMTP; then one real report, which must still be delivered."""
-    from tests.test_hostile import CORPUS, Raw
+    from tests.smtp.test_hostile import CORPUS, Raw
 
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="coc-hostile-"))
@@ -221,7 +221,7 @@ def main() -> int:
         "",
         "## Hostile input",
         "",
-        "The corpus of `tests/test_hostile.py` (broken MIME, NUL bytes, bare CR/LF, 8-bit",
+        "The corpus of `tests/smtp/test_hostile.py` (broken MIME, NUL bytes, bare CR/LF, 8-bit",
         "without 8BITMIME, header injection, encoded-word bombs, 1 MB header lines, nested",
         "message/rfc822, huge References...) and random mixtures of it, over SMTP (the",
         "hypothesis fuzzers of the address, command and message parsers run in the test suite):",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import os
 import signal
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 ALIAS = "conduct@example.org"
 DOMAIN = "example.org"
@@ -327,3 +332,64 @@ class Relay:
 
     def recipients(self) -> list[str]:
         return [r for _, rcpts, _ in self.messages for r in rcpts]
+
+
+class Mail:
+    """The Maildir outbox read as a sequence: wait for the next N copies."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.seen = 0
+        self.all: list[Copy] = []
+
+    def next(self, count: int, timeout: float = 20) -> list[Copy]:
+        want = self.seen + count
+        wait_for(lambda: len(self.d.delivered()) >= want, timeout, f"{count} more copies")
+        time.sleep(0.2)  # anything extra would show up now (and fail the next call)
+        got = self.d.delivered()
+        assert len(got) == want, f"expected {count} new copies, got {len(got) - self.seen}: " + \
+            ", ".join(f"{c.to} {c['Subject']}" for c in got[self.seen:])
+        new = got[self.seen:]
+        self.seen = want
+        self.all = got
+        return new
+
+    def nothing_more(self) -> None:
+        time.sleep(1.0)
+        extra = self.d.delivered()[self.seen:]
+        assert not extra, ", ".join(f"{c.to} {c['Subject']}" for c in extra)
+
+
+def to(copies: list[Copy], who: str) -> Copy:
+    """The one copy of ``copies`` for ``who`` (a handle at example.net, or an address)."""
+    found = [c for c in copies if c.to == f"{who}@example.net" or c.to == who]
+    assert len(found) == 1, f"{len(found)} copies for {who}"
+    return found[0]
+
+
+def send_as(d: Daemon, who: str, address: str, body: str, subject: str = "Re: case",
+            **kw: Any) -> None:
+    msg = make_report(sender=f"{who.title()} <{who}@example.net>", to=address,
+                      subject=subject, body=body, **kw)
+    d.send(msg, sender=f"{who}@example.net", to=[address])
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for mx.example.org and localhost, and its key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("mx.example.org"), x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

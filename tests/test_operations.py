@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import signal
 import smtplib
 import ssl
@@ -12,13 +11,9 @@ import sys
 from pathlib import Path
 
 import dkim
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from coc_mail.mail.dkim import generate_key, txt_record_value
-from tests.helpers import ALIAS, Daemon, by_recipient, make_report, wait_for, wire
+from tests.helpers import ALIAS, Daemon, by_recipient, make_report, self_signed, wait_for, wire
 
 
 def test_check_passes_on_a_started_daemon_and_fails_precisely(
@@ -84,26 +79,6 @@ def test_reload_adds_a_member_and_refuses_a_broken_file(tmp_path: Path, sqlite_u
         assert len(by_recipient(d.wait_delivered(9))["margaret@example.net"]) == 1
     finally:
         d.stop()
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("mx.example.org"), x509.DNSName("localhost")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def test_starttls_is_offered_with_a_certificate(tmp_path: Path, sqlite_url: str) -> None:

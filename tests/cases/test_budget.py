@@ -4,19 +4,12 @@ memory across sessions is bounded (451 beyond); old databases are sealed on upgr
 
 from __future__ import annotations
 
-import datetime as dt
 import smtplib
 import socket
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlmodel import Session
 
-from coc_mail import store
-from coc_mail.cases import audit, document
-from coc_mail.cases.standing import STATE
-from coc_mail.store.crypto import Keyring
 from tests.helpers import ALIAS, Daemon, make_report, reads, wait_for
 
 
@@ -76,63 +69,6 @@ def test_data_held_in_memory_is_bounded_across_sessions(tmp_path: Path, sqlite_u
         d.wait_delivered(8)
     finally:
         d.stop()
-
-
-def test_an_old_database_is_sealed_on_upgrade(database_url: str, tmp_path: Path) -> None:
-    """A database made by the release before (schema 0004: standings, audit actions and
-    section names in clear) opens, and afterwards holds them sealed."""
-    from alembic import command
-    from alembic.config import Config
-
-    keys = Keyring(b"k" * 32)
-    engine = store.make_engine(database_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
-    at = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0004")
-        conn.execute(text("INSERT INTO cases (id, code_name, status, opened_at, updated_at, "
-                          "reporter_key, reminders, purge_warned) VALUES (1, 'home shelf', "
-                          "'Ongoing', :at, :at, 'x', '', false)"), {"at": at})
-        conn.execute(text("INSERT INTO case_members (case_id, member_tag, state, updated_at, "
-                          "reminded) VALUES (1, 'tag-ada', 'cleared', :at, false)"), {"at": at})
-        prev = audit.GENESIS
-        for n, action in enumerate(("case opened (New)", "member cleared (no conflict)")):
-            digest = audit._digest(prev, "home shelf", at.isoformat(), "ada", action)
-            conn.execute(text("INSERT INTO audit_log (id, code_name, at, actor, action, "
-                              "prev_hash, hash) VALUES (:id, 'home shelf', :at, :actor, "
-                              ":action, :prev, :hash)"),
-                         {"id": n + 1, "at": at, "actor": keys.seal_text("ada", "audit_log.actor"),
-                          "action": action, "prev": prev, "hash": digest})
-            prev = digest
-        conn.execute(text("INSERT INTO doc_entries (id, case_id, section, entry_date, created_at, "
-                          "author, body) VALUES (1, 1, 'organizers', :day, :at, :author, :body)"),
-                     {"day": at.date(), "at": at,
-                      "author": keys.seal_text("Ada", "doc_entries.author"),
-                      "body": keys.seal_text("Spoke to them.", "doc_entries.body")})
-    store.migrate(engine, keys)
-    with engine.connect() as conn:
-        for table, column in (("case_members", "state"), ("audit_log", "action"),
-                              ("doc_entries", "section")):
-            values = conn.execute(text(f"SELECT {column} FROM {table}")).scalars().all()
-            assert values and all(bytes(v)[:1] == b"\x02" for v in values), table  # padded
-        assert keys.open_text(bytes(conn.execute(text(
-            "SELECT state FROM case_members")).scalar_one()), STATE) == "cleared"
-    with Session(engine) as session:
-        lines, intact = audit.verify(keys, session, "home shelf")
-        assert intact and [x.action for x in lines][1] == "member cleared (no conflict)"
-        case = session.get(store.Case, 1)
-        assert case is not None
-        assert "Spoke to them." in document.render(keys, session, case)
-    with engine.begin() as conn:  # and back: the release before reads its database again
-        cfg.attributes["connection"], cfg.attributes["keys"] = conn, keys
-        command.downgrade(cfg, "0004")
-        assert conn.execute(text("SELECT state FROM case_members")).scalar_one() == "cleared"
-        actor = bytes(conn.execute(text("SELECT actor FROM audit_log")).scalars().first())
-        assert actor[:1] == b"\x01" and keys.open_text(actor, "audit_log.actor") == "ada"
-    store.migrate(engine, keys)
-    engine.dispose()
 
 
 def test_mail_that_fails_in_the_database_never_stalls_the_next(tmp_path: Path,

@@ -104,7 +104,7 @@ def test_members_can_be_required_to_use_tls(tmp_path: Path, sqlite_url: str) -> 
     import smtplib
     import ssl
 
-    from tests.test_operations import self_signed
+    from tests.helpers import self_signed
 
     cert, key = self_signed(tmp_path)
     d = Daemon(tmp_path, sqlite_url, extra={"server": {

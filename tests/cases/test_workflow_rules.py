@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Daemon, make_report
-from tests.test_workflow import Mail, send_as, to
+from tests.helpers import Daemon, Mail, make_report, send_as, to
 
 MEMBERS: list[dict[str, Any]] = [
     {"name": "Ada Example", "email": "ada@example.net", "roles": ["operator"]},

@@ -166,7 +166,7 @@ def test_relay_with_starttls_and_auth(tmp_path: Path, sqlite_url: str) -> None:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    from tests.test_operations import self_signed
+    from tests.helpers import self_signed
 
     cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -14,8 +14,7 @@ from aiosmtpd.controller import Controller
 
 from coc_mail.delivery.relay import SmtpTransport
 from coc_mail.errors import DeliveryError
-from tests.helpers import Relay, free_port
-from tests.test_operations import self_signed
+from tests.helpers import Relay, free_port, self_signed
 
 COPY = [b"From: a@example.org\r\nSubject: x\r\n\r\n", b"body\r\n"]
 

@@ -1,0 +1,111 @@
+"""Pure parts of mail/: the address scheme and its tokens, the budget scan, strict From, quotes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coc_mail.mail.addresses import Addresses, Kind
+from coc_mail.store.crypto import Keyring
+
+KEYS = Keyring(b"k" * 32)
+ADDR = Addresses("conduct@example.org", KEYS)
+
+
+def test_address_round_trips() -> None:
+    assert ADDR.parse("conduct@example.org").kind is Kind.ALIAS  # type: ignore[union-attr]
+    assert ADDR.parse("CONDUCT@Example.ORG").kind is Kind.ALIAS  # type: ignore[union-attr]
+    r = ADDR.parse(ADDR.case("home shelf", "ada"))
+    assert r is not None and r.kind is Kind.CASE and r.value == "home shelf"
+    assert KEYS.check_token(r.token, "case", "home shelf", "ada")
+    assert not KEYS.check_token(r.token, "case", "home shelf", "grace")
+    r = ADDR.parse(ADDR.reporter("home shelf"))
+    assert r is not None and r.kind is Kind.REPORTER
+    r = ADDR.parse(ADDR.member("ada"))
+    assert r is not None and r.kind is Kind.MEMBER
+    r = ADDR.parse(ADDR.without("ada"))
+    assert r is not None and (r.kind, r.value) == (Kind.WITHOUT, "ada")
+    uid = ADDR.new_copy_uid()
+    r = ADDR.parse(ADDR.bounce(uid))
+    assert r is not None and (r.kind, r.value) == (Kind.BOUNCE, uid)
+    assert ADDR.parse(f"conduct-bounces+{uid}.aaaaaaaaaaaaaaaa@example.org") is None
+    assert ADDR.parse("postmaster@example.org").kind is Kind.POSTMASTER  # type: ignore[union-attr]
+    assert ADDR.parse("conduct@other.org") is None
+    assert ADDR.parse("someone@example.org") is None
+
+
+def test_tokens_are_80_bits_and_depend_on_the_key() -> None:
+    token = KEYS.token("case", "home shelf", "ada")
+    assert re.fullmatch(r"[a-z2-7]{16}", token)  # 16 base32 chars = 80 bits
+    assert Keyring(b"j" * 32).token("case", "home shelf", "ada") != token
+    assert KEYS.token("case", "home shelf", "ada") == token
+    # the separator cannot be forged by moving text between parts
+    assert KEYS.token("case", "home shelfa", "da") != token
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=120))
+def test_address_parser_never_crashes(text: str) -> None:
+    result = ADDR.parse(text)
+    if result is not None:
+        address = text.strip().strip("<>").lower()
+        assert address.endswith("@example.org") or address == "postmaster"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.from_regex(r"conduct\+[a-z]{1,10}-[a-z]{1,10}\.[a-z2-7]{16}@example\.org",
+                     fullmatch=True))
+def test_guessed_case_tokens_are_rejected(address: str) -> None:
+    r = ADDR.parse(address)
+    assert r is not None and r.kind is Kind.CASE
+    assert not any(KEYS.check_token(r.token, "case", r.value, h) for h in ("ada", "grace"))
+
+
+def test_the_budget_names_the_limit_without_content() -> None:
+    from coc_mail.mail import budget
+
+    limits = budget.Limits()
+    ok = (b"From: a@example.com\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n"
+          b"--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n--B\r\nContent-Type: text/html\r\n\r\n"
+          b"<p>hi</p>\r\n--B--\r\n")
+    assert budget.check(ok, limits) == ""
+    parts = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + b"--B\r\n\r\nx\r\n" * 1001
+    assert budget.check(parts, limits) == "more than 1000 MIME parts"
+    deep = b"Content-Type: message/rfc822\r\n\r\n" * 31 + b"\r\nx"
+    assert "nested more than 30" in budget.check(deep, limits)
+    inner = b"Content-Type: multipart/mixed; boundary=\"C\"\r\n\r\n--C\r\n\r\nx\r\n--C--\r\n"
+    nested = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n" + inner + b"--B--\r\n"
+    assert budget.check(nested, budget.Limits(parts=3)) == ""
+    assert budget.check(nested, budget.Limits(parts=2)) == "more than 2 MIME parts"
+    params = b"Content-Type: text/plain; " + b"; ".join(b"p%d=1" % i for i in range(101))
+    assert "parameters" in budget.check(params + b"\r\n\r\nx", limits)
+    quoted = b'Content-Type: text/plain; name="' + b";" * 500 + b'"\r\n\r\nx'
+    assert budget.check(quoted, limits) == ""  # semicolons inside quotes are no parameters
+    dkim = b"DKIM-Signature: v=1; h=" + b":".join([b"from"] * 101) + b"; b=x\r\n\r\nx"
+    assert "DKIM" in budget.check(dkim, limits)
+
+
+@pytest.mark.parametrize(("value", "mailbox"), [
+    ("Ada <ada@example.net>", "ada@example.net"), ("ADA@Example.NET", "ada@example.net"),
+    ('"Example, Ada" <ada@example.net>', "ada@example.net"),
+    ("ada@example.net <mallory@example.com>", ""), ("ada@example.net, m@example.com", ""),
+    ('"ada@example.net" <m@example.com>', ""), ("=?utf-8?q?ada=40example.net?= <m@x.org>", ""),
+    ("g: ada@example.net;", ""), ("Ada <ada@example.net> (m@example.com)", ""),
+    ("Ada <ada@example.net", ""), ("Ada <@route:ada@example.net>", ""), ("", ""),
+])
+def test_a_from_is_one_mailbox_strictly(value: str, mailbox: str) -> None:
+    from coc_mail.mail.message import Envelope, Incoming
+
+    msg = Incoming(Envelope("x@example.com", []), f"From: {value}\r\n\r\nbody".encode())
+    assert msg.mailbox == mailbox
+
+
+def test_a_thread_sender_wrapped_by_the_client_ends_what_was_written() -> None:
+    from coc_mail.mail import quotes
+
+    marks = quotes.our_mail("conduct@example.org", "zippy pelican", lambda line: False)
+    lines = ["Thanks, we will call them.", "From: Grace Sample via zippy", "pelican", "text"]
+    assert quotes.first_quote(lines, marks) == 1
