@@ -331,25 +331,30 @@ _B64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]{16,}={0,2}[ \t]*\r?\n)++"
 
 B64_WINDOW = 1 << 20  # base64 is decoded a megabyte at a time: no attachment is one string
 B64_OVERLAP = 2048  # decoded bytes carried into the next window: anything shorter is whole
+BIG_MESSAGE = 4 << 20  # from this size on, long base64 runs are read only by the raw views
+BIG_RUN = 64 << 10
 
 
 def _raw_views(data: bytes) -> Iterator[str]:
     """Views of bytes that trust no MIME structure: as they are, quoted-printable undone, and
     every base64-looking run decoded; in overlapping windows of B64_WINDOW bytes, so a big
-    message is never one more string (what is not UTF-8 text is read as Latin-1 and
-    UTF-16)."""
+    message is never one more string. In a big message, a long run the parser will not see
+    that is not UTF-8 text is read as a binary part is: Latin-1 and UTF-16."""
     for start in range(0, max(len(data), 1), B64_WINDOW):
         piece = data[max(0, start - B64_OVERLAP):start + B64_WINDOW]
         yield piece.decode("latin-1")
         yield quopri.decodestring(piece).decode("utf-8", "replace")
     if not _B64_LINE.search(data):  # (a quick test first: one starts with a newline)
         return
+    cut = len(data) > BIG_MESSAGE  # long runs are not parsed as parts (see _skeleton)
     for run in _B64_BLOCK.finditer(data):
+        as_part = cut and run.end() - run.start() > BIG_RUN
         for decoded in _base64_windows(data, *run.span()):
             text = decoded.decode("utf-8", "replace")
-            if (text.count("\ufffd") > len(text) // 8  # binary (or UTF-16): its bytes as
-                    or decoded.count(0) > len(decoded) // 8):  # they are, and as UTF-16
-                yield decoded.decode("latin-1")  # both ways, as a binary part's are read
+            if as_part and (text.count("\ufffd") > len(text) // 8
+                            or decoded.count(0) > len(decoded) // 8):
+                # binary (or UTF-16): read as a binary part's bytes are, in its place
+                yield decoded.decode("latin-1")
                 even = decoded[: len(decoded) - len(decoded) % 2]
                 yield even.decode("utf-16-le", "replace")
                 yield even.decode("utf-16-be", "replace")
@@ -412,10 +417,6 @@ def _plain_text(head: bytes) -> bool:
             and len(cte) <= 1 and (not cte or cte[0].strip().lower() in (
                 b"7bit", b"8bit", b"quoted-printable", b"base64"))
             and b"=?" not in head)  # (encoded words need decoding too)
-
-
-BIG_MESSAGE = 4 << 20  # from this size on, long base64 runs are read only by the raw views
-BIG_RUN = 64 << 10
 
 
 def _skeleton(raw: bytes) -> bytes:
