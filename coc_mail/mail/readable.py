@@ -324,27 +324,66 @@ def _html_views(source: str, wanted: Callable[[str], bool] | None) -> Iterator[s
 
 # Lines that are all base64 (16 characters or more: no line of words is), and a last short one.
 _B64_LINE = re.compile(rb"\n[A-Za-z0-9+/]{16}")
-_B64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]{16,}={0,2}[ \t]*\r?\n)+"
+# Possessive (++): no backtracking state is kept per line (a 25 MiB run held 150 MiB).
+_B64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]{16,}={0,2}[ \t]*\r?\n)++"
                         rb"(?:^[A-Za-z0-9+/]{1,15}={0,2}[ \t]*\r?(?:\n|$))?")
+
+
+B64_WINDOW = 1 << 20  # base64 is decoded a megabyte at a time: no attachment is one string
+B64_OVERLAP = 2048  # decoded bytes carried into the next window: anything shorter is whole
+BIG_MESSAGE = 4 << 20  # from this size on, long base64 runs are read only by the raw views
+BIG_RUN = 64 << 10
 
 
 def _raw_views(data: bytes) -> Iterator[str]:
     """Views of bytes that trust no MIME structure: as they are, quoted-printable undone, and
-    every base64-looking run decoded."""
-    yield data.decode("latin-1")
-    yield quopri.decodestring(data).decode("utf-8", "replace")
+    every base64-looking run decoded; in overlapping windows of B64_WINDOW bytes, so a big
+    message is never one more string. In a big message, a long run the parser will not see
+    that is not UTF-8 text is read as a binary part is: Latin-1 and UTF-16."""
+    for start in range(0, max(len(data), 1), B64_WINDOW):
+        piece = data[max(0, start - B64_OVERLAP):start + B64_WINDOW]
+        yield piece.decode("latin-1")
+        yield quopri.decodestring(piece).decode("utf-8", "replace")
     if not _B64_LINE.search(data):  # (a quick test first: one starts with a newline)
         return
+    cut = len(data) > BIG_MESSAGE  # long runs are not parsed as parts (see _skeleton)
     for run in _B64_BLOCK.finditer(data):
-        chunk = re.sub(rb"\s+", b"", run.group())
-        chunk = chunk[: len(chunk) - len(chunk) % 4]
-        if len(chunk) < 16:
+        as_part = cut and run.end() - run.start() > BIG_RUN
+        for decoded in _base64_windows(data, *run.span()):
+            text = decoded.decode("utf-8", "replace")
+            if as_part and (text.count("\ufffd") > len(text) // 8
+                            or decoded.count(0) > len(decoded) // 8):
+                # binary (or UTF-16): read as a binary part's bytes are, in its place
+                yield decoded.decode("latin-1")
+                even = decoded[: len(decoded) - len(decoded) % 2]
+                yield even.decode("utf-16-le", "replace")
+                yield even.decode("utf-16-be", "replace")
+            else:
+                yield text
+
+
+def _base64_windows(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """The base64 run ``data[start:end]`` decoded, in windows of about B64_WINDOW bytes,
+    each beginning with the last B64_OVERLAP bytes of the one before."""
+    if end - start < 16:
+        return
+    carry = tail = b""
+    pos = start
+    while pos < end:
+        stop = data.find(b"\n", min(end, pos + B64_WINDOW * 4 // 3), end)
+        stop = end if stop == -1 else stop + 1
+        chunk = carry + re.sub(rb"\s+", b"", data[pos:stop])
+        pos = stop
+        usable = len(chunk) - len(chunk) % 4
+        chunk, carry = chunk[:usable], chunk[usable:]
+        if len(chunk) < 16 and not tail:
             continue
         try:
             decoded = base64.b64decode(chunk, validate=False)
         except (binascii.Error, ValueError):
-            continue
-        yield decoded.decode("utf-8", "replace")
+            return
+        yield tail + decoded
+        tail = decoded[-B64_OVERLAP:]
 
 
 def views(raw: bytes, *, depth: int = 0,
@@ -380,10 +419,19 @@ def _plain_text(head: bytes) -> bool:
             and b"=?" not in head)  # (encoded words need decoding too)
 
 
+def _skeleton(raw: bytes) -> bytes:
+    """``raw`` without its long base64 runs (big attachments): the MIME structure, headers
+    and text the parser needs, at a fraction of its memory (the stdlib parser holds about
+    eight times a message while parsing it). The runs cut out were read by the raw views."""
+    return _B64_BLOCK.sub(lambda m: b"" if m.end() - m.start() > BIG_RUN else m.group(), raw)
+
+
 def _all_views(raw: bytes, depth: int, wanted: Callable[[str], bool] | None) -> Iterator[str]:
     yield from _raw_views(raw)
     if depth > MAX_DEPTH:
         return
+    if len(raw) > BIG_MESSAGE:
+        raw = _skeleton(raw)
     end = raw.find(b"\r\n\r\n")
     if end != -1 and _plain_text(raw[:end + 2]):
         body = raw[end + 4:]

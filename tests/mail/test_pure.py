@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 
 import pytest
@@ -109,3 +111,38 @@ def test_a_thread_sender_wrapped_by_the_client_ends_what_was_written() -> None:
     marks = quotes.our_mail("conduct@example.org", "zippy pelican", lambda line: False)
     lines = ["Thanks, we will call them.", "From: Grace Sample via zippy", "pelican", "text"]
     assert quotes.first_quote(lines, marks) == 1
+
+
+def test_views_of_a_big_message_find_what_straddles_their_windows() -> None:
+    """Big content is read in overlapping windows and big attachments outside the parser:
+    nothing a reader could decode is lost at a window's edge or in a cut-out run."""
+    from email.message import EmailMessage
+
+    from coc_mail.mail import readable
+
+    def found(raw: bytes, needle: str) -> bool:
+        return any(readable.searchable(needle) in readable.searchable(v)
+                   for v in readable.views(raw))
+
+    window = readable.B64_WINDOW
+    # a base64 run whose text carries the needle across the first window's edge
+    text = ("x" * (window - 10) + "NEEDLE-ACROSS-THE-EDGE" + "y" * 100).encode()
+    encoded = base64.encodebytes(text)
+    raw = b"Subject: t\r\nContent-Type: text/plain\r\n\r\n" + encoded
+    assert found(raw, "NEEDLE-ACROSS-THE-EDGE")
+    # quoted-printable read raw, the needle across a window edge of the raw bytes
+    qp = b"a" * (window - 8) + b"QP=2DNEEDLE=\r\n-END"
+    assert found(b"Subject: t\r\n\r\n" + qp, "QP-NEEDLE-END")
+    # a message over BIG_MESSAGE: a 5 MiB attachment, then a UTF-16 text part over
+    # BIG_RUN, cut out before parsing and still read (as UTF-16, like a part's bytes)
+    msg = EmailMessage()
+    msg["Subject"] = "big"
+    msg.set_content("hello")
+    msg.add_attachment(os.urandom(5 << 20), maintype="application", subtype="octet-stream")
+    hidden = ("z" * (readable.BIG_RUN) + " conduct+TOKEN-IN-UTF16@example.org ").encode(
+        "utf-16-le")
+    msg.add_attachment(hidden, maintype="application", subtype="octet-stream")
+    raw = msg.as_bytes()
+    assert len(raw) > readable.BIG_MESSAGE
+    assert found(raw, "conduct+TOKEN-IN-UTF16@example.org")
+    assert found(raw, "hello")
