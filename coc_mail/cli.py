@@ -279,7 +279,7 @@ def cmd_discard(args: argparse.Namespace) -> int:
                 f"case {case.code_name!r} is {case.status}: only a New case (spam, misdirected "
                 "mail) can be discarded; a report stays (see cases.purge_after_days)"
             )
-        outbox = Outbox(app)
+        outbox = Outbox(app, session)
         asked = " a member asked and" if case.discard_by else ""
         discard(app, session, outbox, case, "operator", f"{asked} an operator discarded it".strip())
         told = outbox.write(session)

@@ -62,7 +62,7 @@ def _lock(settings: Settings) -> IO[str] | None:
 def sync_members(app: App) -> None:
     """Records for every configured member; onboarding mail to the new ones."""
     with Session(app.engine, autoflush=False) as session:
-        outbox = Outbox(app)
+        outbox = Outbox(app, session)
         onboarded = members.sync_members(app, outbox, session)
         outbox.write(session)
         session.commit()

@@ -29,14 +29,14 @@ def to_operators(unit: Unit, original: bytes | None = None, intro: str = INTRO) 
             role="operator",
             recipient=member.email,
             body=stored,
-            build=lambda mid, m=member: forward_head(  # type: ignore[misc]
+            build=lambda ids, m=member: forward_head(  # type: ignore[misc]
                 from_name=app.settings.committee.name,
                 from_addr=app.alias,
                 to=formataddr((m.name, m.email)),
                 reply_to=msg.sender or app.alias,
                 subject=f"[postmaster] {msg.subject or '(no subject)'}",
                 body=body,
-                message_id=mid,
+                ids=ids,
                 loop=app.alias,
                 auth_results=None,
             ),

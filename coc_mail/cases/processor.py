@@ -200,7 +200,7 @@ class Processor:
         them off a separate incoming queue. Raises what a handler raises (nothing is kept)."""
         # One outbox for the batch: its copies go in with one statement per table. No message
         # of the batch can refer to a copy another one queued: nobody has received it yet.
-        outbox = Outbox(self.app)
+        outbox = Outbox(self.app, main)
         units = [self._unit(main, row, outbox) for row in rows]
         limits = self.limits
         over: dict[int, str] = {}

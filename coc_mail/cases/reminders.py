@@ -194,7 +194,7 @@ def tick(app: App, *, only_purge: bool = False) -> int:
             text("SELECT pg_try_advisory_xact_lock(7310042)")  # one daemon at a time
         ).scalar():
             return 0
-        outbox = Outbox(app)
+        outbox = Outbox(app, session)
         changed = purge(app, session, outbox, now)
         if not only_purge:
             changed += digests(app, session, outbox)

@@ -49,6 +49,7 @@ def open_case(unit: Unit, without: list[str]) -> None:
     if flood:  # never dropped: opened, and listed in the next digest instead of mailed
         case.reminders = DIGEST_PENDING
     session.add(case)
+    unit.outbox.fresh.add(case.code_name)  # no copy of it exists yet: each first one is a root
     session.flush()  # the write transaction starts here: the slow work is done
     fill_blob(session, "cases", "report", int(case.id or 0), report)
     del report  # stored: a big report is not held twice while its copies are built
@@ -151,16 +152,15 @@ def acknowledge(unit: Unit, case: Case, reporter: str) -> None:
         case=case,
         role="reporter",
         recipient=reporter,
-        build=lambda mid: text_message(
+        in_reply_to=msg.message_id or None,
+        build=lambda ids: text_message(
             from_name=committee.name,
             from_addr=app.alias,
             to=reporter,
             reply_to=app.addresses.reporter(case.code_name),
             subject=subject,
             body=rendered.body,
-            message_id=mid,
+            ids=ids,
             loop=app.alias,
-            in_reply_to=msg.message_id or None,
-            references=msg.message_id or None,
         ),
     )

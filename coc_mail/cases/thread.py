@@ -40,12 +40,12 @@ def post(work: Work, case: Case, member: Member) -> None:
     for other in others:
         work.outbox.queue(
             case=case, role=other.handle, recipient=other.email,
-            build=lambda mid, o=other: relay_message(  # type: ignore[misc]
+            build=lambda ids, o=other: relay_message(  # type: ignore[misc]
                 original=post,
                 from_name=f"{member.name} via {case.code_name}", from_addr=app.alias,
                 to=formataddr((o.name, o.email)),
                 reply_to=app.addresses.case(case.code_name, o.handle),
-                subject=subject, message_id=mid, loop=app.alias,
+                subject=subject, ids=ids, loop=app.alias,
             ),
         )
     case.updated_at = utcnow()

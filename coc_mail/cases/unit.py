@@ -73,14 +73,14 @@ class Unit:
             role=member.handle,
             recipient=member.email,
             body=stored,
-            build=lambda mid: forward_head(
+            build=lambda ids: forward_head(
                 from_name=committee.name,
                 from_addr=app.alias,
                 to=formataddr((member.name, member.email)),
                 reply_to=app.addresses.case(case.code_name, member.handle),
                 subject=msg.cleaned_subject(case.code_name),
                 body=body,
-                message_id=mid,
+                ids=ids,
                 loop=app.alias,
                 auth_results=auth,
             ),

@@ -109,11 +109,11 @@ class Work:
         self.outbox.queue(
             case=case, role=member.handle, recipient=member.email,
             body=self.outbox.share(body.parts),
-            build=lambda mid: forward_head(
+            build=lambda ids: forward_head(
                 from_name=app.settings.committee.name, from_addr=app.alias,
                 to=formataddr((member.name, member.email)),
                 reply_to=app.addresses.case(case.code_name, member.handle),
                 subject=f"[{case.code_name}] The report", body=body,
-                message_id=mid, loop=app.alias, auth_results=None,
+                ids=ids, loop=app.alias, auth_results=None,
             ),
         )

@@ -1,7 +1,13 @@
 """Queueing outbound copies: build and seal them first, then add them to the caller's
 transaction in one short write, so a copy exists exactly when the change that caused it is
 committed. Copies are DKIM-signed when they are sent (:mod:`coc_mail.delivery.worker`);
-copies of one report share one stored body (:meth:`Outbox.share`)."""
+copies of one report share one stored body (:meth:`Outbox.share`).
+
+Every copy about a case is threaded (SPEC 8.1, one conversation per person per case): the
+first message to a person about a case gets that person's thread id for the case as its
+Message-ID (a keyed tag of the code name and the person, so it is known without a lookup
+table), and every later one names it in ``References:``, with ``In-Reply-To:`` the message
+it answers. Any mail client then shows a case as one conversation per person."""
 
 from __future__ import annotations
 
@@ -10,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlmodel import Session, SQLModel
 
 from coc_mail.app import App
 from coc_mail.config import Member
 from coc_mail.mail.addresses import Addresses
-from coc_mail.mail.compose import new_message_id, text_message
+from coc_mail.mail.compose import Ids, new_message_id, text_message
 from coc_mail.store import Case, deferred_blob, fill_blob, utcnow
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,38 @@ class Outbox:
     """The copies one unit of work will queue; :meth:`write` adds them to the session."""
 
     app: App
+    session: Session | None = None  # the caller's transaction: which threads have begun
     pending: list[Pending] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)  # sealed shared bodies
+    begun: set[str] = field(default_factory=set)  # thread ids known to have a first message
+    fresh: set[str] = field(default_factory=set)  # code names of cases opened by this unit
+
+    def thread_id(self, code_name: str, role: str) -> str:
+        """The Message-ID of the first message to ``role`` about a case: the root every
+        later message to them about it names in ``References:``."""
+        # the shape of every Message-ID of ours (24 hex digits), so it is found as one of ours
+        return f"<{self.app.keys.tag('thread', code_name, role)[:24]}@{self.app.domain}>"
+
+    def ids(self, case: Case | None, role: str, in_reply_to: str | None) -> Ids:
+        """The Message-ID and threading headers of the next copy for ``role``."""
+        if case is None:
+            return Ids(new_message_id(self.app.domain), in_reply_to, in_reply_to)
+        root = self.thread_id(case.code_name, role)
+        if root not in self.begun and not self._sent(case, root):
+            self.begun.add(root)
+            return Ids(root, in_reply_to, in_reply_to)
+        refs = " ".join(dict.fromkeys(r for r in (root, in_reply_to) if r))
+        return Ids(new_message_id(self.app.domain), in_reply_to, refs)
+
+    def _sent(self, case: Case, root: str) -> bool:
+        """Has the thread ``root`` begun (its first message queued in an earlier unit)?"""
+        if case.code_name in self.fresh:
+            return False
+        query = select(SENT_COPIES.c.uid).where(SENT_COPIES.c.message_id == root).limit(1)
+        if self.session is not None:
+            return self.session.connection().execute(query).first() is not None
+        with self.app.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def share(self, parts: Sequence[bytes]) -> int:
         """Seal a body (given as its parts) several copies will share; pass the result as
@@ -58,18 +94,21 @@ class Outbox:
         case: Case | None,
         role: str,
         recipient: str,
-        build: Callable[[str], bytes],
+        build: Callable[[Ids], bytes],
         body: int | None = None,
+        in_reply_to: str | None = None,
     ) -> str:
-        """Build one copy (given a fresh Message-ID) and seal it now; return its Message-ID.
+        """Build one copy (given its Message-ID and threading headers, see :meth:`ids`) and
+        seal it now; return its Message-ID.
 
         ``build`` returns the whole message, or with ``body`` (from :meth:`share`) the header
-        block only, blank line included. ``role`` says who the copy is for (a member handle,
-        ``reporter`` or ``operator``); it is stored sealed next to the Message-ID so replies
-        and bounces find their case.
+        block only, blank line included. ``in_reply_to`` is the message it answers. ``role``
+        says who the copy is for (a member handle, ``reporter`` or ``operator``); it is
+        stored sealed next to the Message-ID so replies and bounces find their case.
         """
-        message_id = new_message_id(self.app.domain)
-        sealed = self.app.keys.seal(build(message_id), "outbound.content")
+        ids = self.ids(case, role, in_reply_to)
+        message_id = ids.message_id
+        sealed = self.app.keys.seal(build(ids), "outbound.content")
         self.pending.append(
             Pending(Addresses.new_copy_uid(), message_id, case, role, recipient, sealed, body)
         )
@@ -144,16 +183,16 @@ class Outbox:
             case=case,
             role=role or member.handle,
             recipient=member.email,
-            build=lambda mid: text_message(
+            in_reply_to=in_reply_to,
+            build=lambda ids: text_message(
                 from_name=app.settings.committee.name,
                 from_addr=app.alias,
                 to=formataddr((member.name, member.email)),
                 reply_to=reply_to,
                 subject=subject,
                 body=body,
-                message_id=mid,
+                ids=ids,
                 loop=app.alias,
-                in_reply_to=in_reply_to,
             ),
         )
 

@@ -38,6 +38,16 @@ def new_message_id(domain: str) -> str:
     return f"<{secrets.token_hex(12)}@{domain}>"
 
 
+@dataclass(frozen=True)
+class Ids:
+    """Where one message of ours stands in a conversation: its own Message-ID, the message
+    it answers (``In-Reply-To``) and the thread it belongs to (``References``)."""
+
+    message_id: str
+    in_reply_to: str | None = None
+    references: str | None = None
+
+
 def crlf(data: bytes) -> bytes:
     """Normalise line endings to CRLF (the wire form DKIM signs); data that is CRLF already,
     as mail received over SMTP is, comes back as it is, not copied."""
@@ -134,10 +144,8 @@ def base_header_pairs(
     to: str,
     reply_to: str | None,
     subject: str,
-    message_id: str,
+    ids: Ids,
     loop: str,
-    in_reply_to: str | None = None,
-    references: str | None = None,
 ) -> list[tuple[str, str]]:
     """The headers every message of ours carries, as (name, value) pairs written directly."""
     pairs = [
@@ -149,12 +157,12 @@ def base_header_pairs(
     pairs += [
         ("Subject", _ascii_or_encoded(one_line(subject, 250))),
         ("Date", format_datetime(utcnow())),
-        ("Message-ID", message_id),
+        ("Message-ID", ids.message_id),
     ]
-    if in_reply_to:
-        pairs.append(("In-Reply-To", one_line(in_reply_to, 900)))
-    if references:
-        pairs.append(("References", one_line(references, 900)))
+    if ids.in_reply_to:
+        pairs.append(("In-Reply-To", one_line(ids.in_reply_to, 900)))
+    if ids.references:
+        pairs.append(("References", one_line(ids.references, 900)))
     pairs += [("Auto-Submitted", "auto-generated"), ("X-Loop", loop)]
     return pairs
 
@@ -167,10 +175,8 @@ def text_message(
     reply_to: str | None,
     subject: str,
     body: str,
-    message_id: str,
+    ids: Ids,
     loop: str,
-    in_reply_to: str | None = None,
-    references: str | None = None,
 ) -> bytes:
     """A plain-text message (UTF-8) as CRLF bytes, ready to sign."""
     pairs = base_header_pairs(
@@ -179,10 +185,8 @@ def text_message(
         to=to,
         reply_to=reply_to,
         subject=subject,
-        message_id=message_id,
+        ids=ids,
         loop=loop,
-        in_reply_to=in_reply_to,
-        references=references,
     )
     part = EmailMessage(policy=SMTPUTF8)
     part.set_content(body)  # Content-Type, Content-Transfer-Encoding, MIME-Version, body
@@ -233,10 +237,9 @@ def forward_head(
     reply_to: str,
     subject: str,
     body: ForwardBody,
-    message_id: str,
+    ids: Ids,
     loop: str,
     auth_results: str | None,
-    in_reply_to: str | None = None,
 ) -> bytes:
     """The header block (blank line included) of one member's copy of a forwarded message;
     ``body.parts`` follow it, shared by every member's copy."""
@@ -247,9 +250,8 @@ def forward_head(
         to=to,
         reply_to=reply_to,
         subject=subject,
-        message_id=message_id,
+        ids=ids,
         loop=loop,
-        in_reply_to=in_reply_to,
     )
     pairs += [
         ("MIME-Version", "1.0"),
@@ -269,9 +271,8 @@ def relay_message(
     to: str,
     reply_to: str,
     subject: str,
-    message_id: str,
+    ids: Ids,
     loop: str,
-    in_reply_to: str | None = None,
 ) -> bytes:
     """A member's post as relayed to another member: our headers, the post's MIME body as is.
 
@@ -300,9 +301,8 @@ def relay_message(
         to=to,
         reply_to=reply_to,
         subject=subject,
-        message_id=message_id,
+        ids=ids,
         loop=loop,
-        in_reply_to=in_reply_to,
     )
     if not kept:
         kept = [b"Content-Type: text/plain; charset=utf-8"]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from email import message_from_bytes
+from email.policy import compat32
 
 from coc_mail.cases import document
 from coc_mail.cases.commands.table import Command, case_command, usage
 from coc_mail.cases.work import Refusal, Work
 from coc_mail.config import Member
 from coc_mail.mail import readable
-from coc_mail.mail.compose import text_message
+from coc_mail.mail.compose import one_line, text_message
+from coc_mail.mail.message import header_block
 from coc_mail.store import Case, utcnow
 
 INTERNAL_TEMPLATES = {"conflict-check", "onboarding", "reminder"}
@@ -26,10 +29,11 @@ def followup(work: Work, case: Case, member: Member, cmd: Command) -> None:
     reporter = app.keys.open_text(case.reporter, "cases.reporter")
     work.outbox.queue(
         case=case, role="reporter", recipient=reporter,
-        build=lambda mid: text_message(
+        in_reply_to=report_message_id(work, case),  # threads with the report they sent
+        build=lambda ids: text_message(
             from_name=app.settings.committee.name, from_addr=app.alias, to=reporter,
             reply_to=app.addresses.reporter(case.code_name), subject=subject, body=body,
-            message_id=mid, loop=app.alias,
+            ids=ids, loop=app.alias,
         ),
     )
     document.add(app.keys, work.session, case, section=document.FOLLOWUP,
@@ -38,6 +42,16 @@ def followup(work: Work, case: Case, member: Member, cmd: Command) -> None:
     work.audit(case, member.handle, f"follow-up sent ({cmd.args.split()[0]})")
     work.reply(member, case, f"Sent to the reporter and kept in the document:\n\n"
                              f"Subject: {subject}\n\n{body}" + left_out(work))
+
+
+def report_message_id(work: Work, case: Case) -> str | None:
+    """The Message-ID of the report, as the reporter's client knows it (None without one)."""
+    if case.report is None:
+        return None
+    report = work.app.keys.open(case.report, "cases.report")
+    head = message_from_bytes(header_block(report), policy=compat32)
+    mid = one_line(str(head.get("Message-ID", "") or ""), 250)
+    return mid if re.fullmatch(r"<[^<>\s]+>", mid) else None
 
 
 @case_command("preview", "/preview TEMPLATE  (free text on the lines below)",
