@@ -24,6 +24,7 @@ ENV_DATABASE = "COC_MAIL_DATABASE"
 _ADDRESS = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
 )
+RESERVED_HANDLES = frozenset({"reporter", "operator"})  # roles of copies beside member handles
 _HANDLE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
 
@@ -95,6 +96,11 @@ class Member(_Section):
             raise ValueError(
                 f"handle {self.handle!r} must be 1-32 lowercase letters, digits or '-' "
                 "(set `handle` explicitly)"
+            )
+        if self.handle in RESERVED_HANDLES:
+            raise ValueError(
+                f"handle {self.handle!r} is reserved (copies for the reporter and the operators "
+                "are filed under it); set another `handle`"
             )
         return self
 

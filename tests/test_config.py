@@ -58,6 +58,8 @@ def test_defaults() -> None:
         (('email = "ada@example.net"', 'email = "ada"'),
          "members[0].email (line 7): 'ada' is not a plain address"),
         (('handle = "gs"', 'handle = "G S"'), "members[1] (line 9): handle 'G S' must be"),
+        (('handle = "gs"', 'handle = "reporter"'), "members[1] (line 9): handle 'reporter' is "
+         "reserved"),
         (('roles = ["triage"]', 'roles = ["boss"]'), "members[1].roles[0] (line 13)"),
         (('[[members]]\nname = "Grace', '[[members]]\ncolour = "red"\nname = "Grace'),
          "members[1].colour (line 10): unknown key"),

@@ -116,7 +116,8 @@ def intake_intro(unit: Unit, case: Case) -> str:
     committee = unit.app.settings.committee
     lines = [
         f'A new report came in to {committee.address}: case "{case.code_name}",',
-        f"opened {case.opened_at:%Y-%m-%d %H:%M} UTC. The report is attached, unaltered.",
+        f"opened {case.opened_at:%Y-%m-%d %H:%M} UTC. The report follows; the original is "
+        "attached, unaltered.",
         "",
     ]
     lines += unit.dkim_warning()

@@ -102,8 +102,8 @@ class Work:
         intro = (
             f'{why}\nCase "{case.code_name}", opened {case.opened_at:%Y-%m-%d %H:%M} UTC'
             + (f", involves {reported}" if reported else "")
-            + ".\nThe report is attached. /doc sends you the case document; /help lists the "
-            "commands.\n"
+            + ".\nThe report follows, and is attached. /doc sends you the case document; /help "
+            "lists the commands.\n"
         )
         body = ForwardBody.build(intro, report)
         self.outbox.queue(

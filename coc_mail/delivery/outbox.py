@@ -69,18 +69,20 @@ class Outbox:
         if root not in self.begun and not self._sent(case, root):
             self.begun.add(root)
             return Ids(root, in_reply_to, in_reply_to)
-        refs = " ".join(dict.fromkeys(r for r in (root, in_reply_to) if r))
+        # Oldest first: the reporter's conversation begins with their report (a follow-up
+        # answers it); a member's with our first message (an answer follows the command).
+        order = (in_reply_to, root) if role == "reporter" else (root, in_reply_to)
+        refs = " ".join(dict.fromkeys(r for r in order if r))
         return Ids(new_message_id(self.app.domain), in_reply_to, refs)
 
     def _sent(self, case: Case, root: str) -> bool:
         """Has the thread ``root`` begun (its first message queued in an earlier unit)?"""
         if case.code_name in self.fresh:
             return False
+        if self.session is None:  # another connection would not see this transaction's rows
+            raise ValueError("case mail is queued through an Outbox given the caller's session")
         query = select(SENT_COPIES.c.uid).where(SENT_COPIES.c.message_id == root).limit(1)
-        if self.session is not None:
-            return self.session.connection().execute(query).first() is not None
-        with self.app.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+        return self.session.connection().execute(query).first() is not None
 
     def share(self, parts: Sequence[bytes]) -> int:
         """Seal a body (given as its parts) several copies will share; pass the result as

@@ -23,6 +23,7 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 
 from coc_mail.errors import TemplateProblem
+from coc_mail.mail import readable
 from coc_mail.store import utcnow
 
 TEMPLATE_SUFFIX = ".txt.j2"
@@ -204,6 +205,13 @@ class ForwardBody:
 
     @classmethod
     def build(cls, intro: str, original: bytes) -> ForwardBody:
+        """The intro, then what a client shows of ``original`` (its text part, or its HTML
+        made plain), in the first text part, so every client shows the report where the
+        mail is opened; the original attached after it, byte for byte."""
+        shown = readable.shown(original).strip("\n")
+        if shown:
+            rule = "-" * 20
+            intro = f"{intro.rstrip()}\n\n{rule} the message {rule}\n\n{shown}\n"
         original = crlf(original)
         boundary = "coc-" + secrets.token_hex(12)
         while boundary.encode() in original:

@@ -292,6 +292,16 @@ def text_of(raw: bytes) -> str:
     return shown[:MAX_TEXT]
 
 
+def shown(raw: bytes, limit: int = 64 << 10) -> str:
+    """What a client shows of a message, to put inline above it (SPEC 8.1): :func:`text_of`,
+    on a big message without its long base64 runs (its attachments, still named), at most
+    ``limit`` characters."""
+    text = text_of(_skeleton(raw) if len(raw) > BIG_MESSAGE else raw)
+    if len(text) > limit:
+        text = text[:limit] + "\n[... the rest is in the attached original]\n"
+    return text
+
+
 # -- everything, for privacy checks ---------------------------------------------------------
 def searchable(text: str) -> str:
     """Text as a reader could take it in, for matching secrets: compatibility forms folded
@@ -341,14 +351,17 @@ def _raw_views(data: bytes) -> Iterator[str]:
     message is never one more string. In a big message, a long run the parser will not see
     that is not UTF-8 text is read as a binary part is: Latin-1 and UTF-16."""
     for start in range(0, max(len(data), 1), B64_WINDOW):
-        piece = data[max(0, start - B64_OVERLAP):start + B64_WINDOW]
-        yield piece.decode("latin-1")
-        yield quopri.decodestring(piece).decode("utf-8", "replace")
+        yield data[max(0, start - B64_OVERLAP):start + B64_WINDOW].decode("latin-1")
+    tail = ""
+    for piece in _hard_lines(data):  # quoted-printable decodes line by line: whole lines
+        text = quopri.decodestring(piece).decode("utf-8", "replace")
+        yield tail + text
+        tail = text[-B64_OVERLAP:]
     if not _B64_LINE.search(data):  # (a quick test first: one starts with a newline)
         return
     cut = len(data) > BIG_MESSAGE  # long runs are not parsed as parts (see _skeleton)
     for run in _B64_BLOCK.finditer(data):
-        as_part = cut and run.end() - run.start() > BIG_RUN
+        as_part = cut and _cut(data, *run.span())
         for decoded in _base64_windows(data, *run.span()):
             text = decoded.decode("utf-8", "replace")
             if as_part and (text.count("\ufffd") > len(text) // 8
@@ -360,6 +373,22 @@ def _raw_views(data: bytes) -> Iterator[str]:
                 yield even.decode("utf-16-be", "replace")
             else:
                 yield text
+
+
+def _hard_lines(data: bytes) -> Iterator[bytes]:
+    """``data`` in pieces of about B64_WINDOW bytes, each ending at a hard line break (one
+    not after a soft ``=``), so that quoted-printable decodes in each as in the whole; a
+    run of soft-broken lines is not cut before 8 x B64_WINDOW."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start + B64_WINDOW)
+        limit = start + 8 * B64_WINDOW
+        while end != -1 and end < limit and data[max(0, end - 2):end].rstrip(b"\r") \
+                .endswith(b"="):
+            end = data.find(b"\n", end + 1)
+        end = len(data) if end == -1 else end + 1
+        yield data[start:end]
+        start = end
 
 
 def _base64_windows(data: bytes, start: int, end: int) -> Iterator[bytes]:
@@ -419,11 +448,35 @@ def _plain_text(head: bytes) -> bool:
             and b"=?" not in head)  # (encoded words need decoding too)
 
 
+_BINARY_TYPE = re.compile(
+    rb"(?im)^content-type:[ \t]*(?:application|image|audio|video|font|model)/")
+
+
+_EML = re.compile(rb"(?i)\.eml\b")
+
+
+def _cut(data: bytes, start: int, end: int) -> bool:
+    """Is the base64 run ``data[start:end]`` a big binary attachment: long, and the whole
+    body of a part whose own headers say application/, image/, audio/, video/ (a text,
+    HTML or nested message part, or a file named .eml, is never cut: only the parser reads
+    its charset, markup and inner parts)? Its headers are the lines since the last boundary
+    line before it."""
+    after_headers = (data[max(0, start - 4):start] == b"\r\n\r\n"
+                     or data[max(0, start - 2):start] == b"\n\n")
+    if end - start <= BIG_RUN or not after_headers:
+        return False
+    before = data[max(0, start - 65536):start]
+    boundary = before.rfind(b"\n--")
+    return (boundary != -1 and _BINARY_TYPE.search(before, boundary) is not None
+            and _EML.search(before, boundary) is None)  # a forwarded .eml is read as a message
+
+
 def _skeleton(raw: bytes) -> bytes:
-    """``raw`` without its long base64 runs (big attachments): the MIME structure, headers
-    and text the parser needs, at a fraction of its memory (the stdlib parser holds about
-    eight times a message while parsing it). The runs cut out were read by the raw views."""
-    return _B64_BLOCK.sub(lambda m: b"" if m.end() - m.start() > BIG_RUN else m.group(), raw)
+    """``raw`` without its big binary attachments (see :func:`_cut`): the MIME structure,
+    headers and text the parser needs, at a fraction of its memory (the stdlib parser holds
+    about eight times a message while parsing it). What is cut out, the raw views read as
+    a binary part is read: Latin-1 and UTF-16."""
+    return _B64_BLOCK.sub(lambda m: b"" if _cut(raw, m.start(), m.end()) else m.group(), raw)
 
 
 def _all_views(raw: bytes, depth: int, wanted: Callable[[str], bool] | None) -> Iterator[str]:

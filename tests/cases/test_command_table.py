@@ -109,8 +109,8 @@ def mail_from_member(app: App, body: str, case: Case | None = None) -> list[str]
     ada = next(m for m in app.settings.members if m.handle == "ada")
     to = app.addresses.case(case.code_name, "ada") if case else app.addresses.member("ada")
     raw = wire(make_report(sender=f"Ada <{ada.email}>", to=to, subject="cmd", body=body))
-    outbox = Outbox(app)
     with Session(app.engine) as session:
+        outbox = Outbox(app, session)
         member_mail(Work(app, session, outbox, Incoming(Envelope(ada.email, [to]), raw)),
                     case, ada)
     answers = []

@@ -284,3 +284,47 @@ def test_size_limit_edge(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyp
         assert err.value.smtp_code == 552
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("shape", ["plain", "base64", "quoted-printable", "html-only"])
+def test_every_kind_of_copy_shows_the_message_inline(sqlite_daemon: Daemon,
+                                                     shape: str) -> None:
+    """SPEC 8.1: the text is where the member opens the mail (what `get_body()` finds, as
+    clients do), the original still attached byte for byte: the report copy, the
+    reporter's correspondence, and mail to postmaster@."""
+    from email.message import EmailMessage
+
+    d = sqlite_daemon
+    text = "INLINE-MARKER it happened at the party, near the stage."
+
+    def message(subject: str, to: str = ALIAS) -> EmailMessage:
+        if shape == "html-only":
+            m = make_report(subject=subject, to=to, body="x")
+            m.set_content(f"<html><body><p>{text.replace('the party', 'the <b>party</b>')}"
+                          "</p></body></html>", subtype="html")
+            return m
+        return make_report(subject=subject, to=to, body=text + "\n",
+                           cte=None if shape == "plain" else shape)
+
+    def check(copies: list, sent: EmailMessage) -> None:
+        for copy in copies:
+            part = copy.msg.get_body(("plain", "html"))
+            assert part is not None and part.get_content_type() == "text/plain"
+            shown = " ".join(part.get_content().split())
+            assert "INLINE-MARKER it happened at the party, near the stage." in shown, shown
+            assert copy.original().replace(b"\n", b"\r\n") == wire(sent)
+
+    report = message("At the party")
+    d.send(report)
+    copies = d.wait_delivered(4)
+    check([c for c in copies if c.to in MEMBER_EMAILS], report)
+    reporter_address = next(c for c in copies if c.to == "reporter@example.com")[
+        "Reply-To"].addresses[0].addr_spec
+    later = message("Re: At the party", to=reporter_address)
+    d.send(later, to=[reporter_address])
+    copies = d.wait_delivered(7)[4:]
+    check(copies, later)
+    postmaster = message("For the postmaster", to="postmaster@example.org")
+    d.send(postmaster, to=["postmaster@example.org"])
+    copies = d.wait_delivered(8)[7:]
+    check(copies, postmaster)

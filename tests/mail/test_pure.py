@@ -146,3 +146,66 @@ def test_views_of_a_big_message_find_what_straddles_their_windows() -> None:
     assert len(raw) > readable.BIG_MESSAGE
     assert found(raw, "conduct+TOKEN-IN-UTF16@example.org")
     assert found(raw, "hello")
+
+
+def _multipart(*parts: tuple[bytes, bytes]) -> bytes:
+    out = [b"From: a@b.c\r\nTo: conduct@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=XyZ\r\n\r\n"]
+    out += [b"--XyZ\r\n" + head + b"\r\n\r\n" + body + b"\r\n" for head, body in parts]
+    return b"".join([*out, b"--XyZ--\r\n"])
+
+
+def _b64(data: bytes, width: int = 76) -> bytes:
+    s = base64.b64encode(data)
+    return b"\r\n".join(s[i:i + width] for i in range(0, len(s), width)) + b"\r\n"
+
+
+def _wrapped(s: bytes, width: int, short: int) -> bytes:
+    """Base64 in lines of ``width``, the second line only ``short`` long (still valid)."""
+    lines, rest = [s[:width], s[width:width + short]], s[width + short:]
+    lines += [rest[i:i + width] for i in range(0, len(rest), width)]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+SECRET = "conduct+home-shelf.abcdefghijklmnop@example.org"
+FILLER = ("x" * 70 + "\n") * 2000  # a run over BIG_RUN
+BIG = (b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64",
+       b"\r\n".join([b"A" * 76] * ((5 << 20) // 78)))
+
+
+@pytest.mark.parametrize("part", [
+    (b"Content-Type: text/plain; charset=cp500\r\nContent-Transfer-Encoding: base64",
+     _b64((FILLER + f"write to {SECRET}\n").encode("cp500"))),
+    (b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64",
+     _b64(("<p>" + FILLER + "</p><p>" + SECRET.replace("@", "@<b></b>") + "</p>").encode())),
+    (b'Content-Type: application/octet-stream; name="fwd.eml"\r\n'
+     b"Content-Transfer-Encoding: base64",
+     _b64(b"From: x@y.z\r\nSubject: fwd\r\nContent-Type: text/plain\r\n"
+          b"Content-Transfer-Encoding: base64\r\n\r\n"
+          + _b64((FILLER + f"reply to {SECRET}\n").encode()))),
+    (b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64",
+     _wrapped(base64.b64encode((FILLER + SECRET).encode()), 75, 15)),
+], ids=["ebcdic", "html-tag-inside", "eml-named-octets", "short-line-inside"])
+def test_a_big_message_hides_nothing_the_parser_would_show(part: tuple[bytes, bytes]) -> None:
+    """Found by an attack review: what only the parser decodes (a charset, markup, a nested
+    message) is never cut out of a big message; only binary attachments are."""
+    from coc_mail.mail import readable
+    from coc_mail.mail.redact import Redactor
+
+    raw = _multipart(BIG, part)
+    assert len(raw) > readable.BIG_MESSAGE
+    r = Redactor("conduct@example.org")
+    assert any(r.found_in(v) for v in readable.views(raw, wanted=r.worth_reading))
+
+
+def test_quoted_printable_soft_breaks_across_a_window_edge() -> None:
+    from coc_mail.mail import readable
+    from coc_mail.mail.redact import Redactor
+
+    letters = ["=40" if c == "@" else c for c in SECRET]
+    spread = ("=\r\n" * 401).join(letters).encode()  # 400 soft breaks between letters
+    body = b"a" * (readable.B64_WINDOW - 1000) + b"\r\n" + spread + b"\r\nend\r\n"
+    raw = (b"Subject: s\r\nContent-Type: text/plain\r\n"
+           b"Content-Transfer-Encoding: quoted-printable (x)\r\n\r\n" + body)
+    r = Redactor("conduct@example.org")
+    assert any(r.found_in(v) for v in readable.views(raw, wanted=r.worth_reading))

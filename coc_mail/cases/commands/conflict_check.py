@@ -189,5 +189,5 @@ def recuse(work: Work, case: Case, member: Member, cmd: Command) -> None:
         raise Refusal(work.why_not(case, member))
     set_standing(work.app, work.session, case, member.handle, Standing.RECUSED)
     work.audit(case, member.handle, "member recused")
-    work.reply(member, case, "You have recused yourwork. You will receive nothing more "
+    work.reply(member, case, "You have recused yourself. You will receive nothing more "
                              "about this case.\n")
