@@ -10,9 +10,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func
+from sqlalchemy import inspect as sa_inspect
 from sqlmodel import Session, col, select, update
 
 from coc_mail import config as config_mod
@@ -70,13 +72,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems += template_problems
     if not template_problems:
         ok(f"templates: {', '.join(templates.names())}")
+    first_start = _first_start(settings)
+    for line in first_start.created:
+        ok(line)
+    problems += first_start.problems
     try:
-        app = build(settings, migrate=False)
-        ok(
-            f"storage key, DKIM key ({settings.dkim.private_key}) and database "
-            f"({app.engine.url.render_as_string(hide_password=True)})"
-        )
-        ok(f"database schema at {store.SCHEMA_HEAD}")
+        if first_start.created:
+            problems += _check_database_before_first_start(settings, first_start)
+        else:
+            app = build(settings, migrate=False)
+            ok(
+                f"storage key, DKIM key ({settings.dkim.private_key}) and database "
+                f"({app.engine.url.render_as_string(hide_password=True)})"
+            )
+            ok(f"database schema at {store.SCHEMA_HEAD}")
     except CocMailError as exc:
         problems.append(str(exc))
     except Exception as exc:  # noqa: BLE001 - report any driver error plainly
@@ -87,6 +96,86 @@ def cmd_check(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"ERROR {p}", file=sys.stderr)
     return 1 if problems else 0
+
+
+@dataclass
+class FirstStart:
+    """What ``coc-mail serve`` will create on its first start, and what it could not."""
+
+    created: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    storage_key: bool = False  # the storage key is one of them
+    database: bool = False  # the SQLite database file is one of them
+
+
+def _creatable(path: Path) -> Path | None:
+    """The nearest existing folder of ``path`` when it is not writable (None: it is)."""
+    nearest = next((p for p in path.parents if p.exists()), Path("."))
+    return None if os.access(nearest, os.W_OK) else nearest
+
+
+def _first_start(settings: Settings) -> FirstStart:
+    """A fresh install is no error: the keys and a SQLite file are made by ``serve``."""
+    from sqlalchemy.engine import make_url
+
+    from coc_mail.store.crypto import ENV_KEY
+
+    found = FirstStart()
+    wanted: list[tuple[str, Path, str]] = []
+    if not os.environ.get(ENV_KEY) and not Path(settings.storage.key_file).exists():
+        found.storage_key = True
+        wanted.append(("storage.key_file", Path(settings.storage.key_file),
+                       "back it up: it is the only way to open the database"))
+    if not Path(settings.dkim.private_key).exists():
+        wanted.append(("dkim.private_key", Path(settings.dkim.private_key),
+                       "then publish its record (`coc-mail dkim txt`)"))
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not Path(url.database).exists():
+        found.database = True
+        wanted.append(("storage.database", Path(url.database), "with the schema"))
+    for key, path, then in wanted:
+        blocked = _creatable(path)
+        if blocked is not None:
+            found.problems.append(f"{key} {path} does not exist, and `coc-mail serve` cannot "
+                                  f"create it: {blocked} is not writable")
+        else:
+            found.created.append(f"{key} {path}: not there yet; `coc-mail serve` creates it "
+                                 f"on first start ({then})")
+    return found
+
+
+def _check_database_before_first_start(settings: Settings, first: FirstStart) -> list[str]:
+    """The database on a fresh install: reachable, and holding nothing a new key cannot
+    open. A SQLite file that serve will create is not made here (check writes nothing)."""
+    from coc_mail.store.crypto import load_keyring
+
+    if first.database:
+        return []
+    engine = store.make_engine(settings.database_url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        try:
+            store.check_schema(engine)
+        except CocMailError:  # empty (or older): serve creates or upgrades the schema
+            with engine.connect() as conn:
+                sealed = sa_inspect(conn).has_table("meta")
+            if sealed and first.storage_key:
+                return [_KEY_LOST]
+            print(f"ok    database {where} reachable; `coc-mail serve` creates or upgrades "
+                  "its schema")
+            return []
+        if first.storage_key:
+            return [_KEY_LOST]
+        store.check_key(engine, load_keyring(settings.storage.key_file)[0])
+        print(f"ok    storage key and database ({where}), schema at {store.SCHEMA_HEAD}")
+        return []
+    finally:
+        engine.dispose()
+
+
+_KEY_LOST = ("storage.key_file is missing but the database holds data sealed with a key: "
+             "restore the key file (or set $COC_MAIL_KEY); a new key could not open it")
 
 
 def _template_sample(settings: Settings) -> dict[str, object]:

@@ -20,8 +20,12 @@ def test_check_passes_on_a_started_daemon_and_fails_precisely(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     d = Daemon(tmp_path, sqlite_url)
-    first = d.cli("check", check=False)
-    assert first.returncode == 1 and "storage.key_file" in first.stderr
+    d.write()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    first = d.cli("check")  # a fresh install passes, and says what serve will create
+    for key in ("storage.key_file", "dkim.private_key", "storage.database"):
+        assert f"ok    {key} " in first.stdout and "`coc-mail serve` creates it" in first.stdout
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "check wrote something"
     d.start()
     d.stop()
     ok = d.cli("check")
@@ -30,6 +34,10 @@ def test_check_passes_on_a_started_daemon_and_fails_precisely(
     d.write()
     bad = d.cli("check", check=False)
     assert bad.returncode == 1 and "delivery.relay 127.0.0.1:1: not reachable" in bad.stderr
+    key = next(tmp_path.rglob("secret.key"))
+    key.rename(tmp_path / "elsewhere.key")  # the database stays, sealed with the lost key
+    lost = d.cli("check", check=False)
+    assert lost.returncode == 1 and "storage.key_file is missing but the database" in lost.stderr
 
 
 def test_a_wrong_storage_key_is_refused(tmp_path: Path, sqlite_url: str) -> None:
