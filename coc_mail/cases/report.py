@@ -154,6 +154,7 @@ def acknowledge(unit: Unit, case: Case, reporter: str) -> None:
         role="reporter",
         recipient=reporter,
         in_reply_to=msg.message_id or None,
+        answer=True,
         build=lambda ids: text_message(
             from_name=committee.name,
             from_addr=app.alias,

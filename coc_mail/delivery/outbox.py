@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formataddr
 
 from sqlalchemy import insert, select
@@ -99,16 +99,18 @@ class Outbox:
         build: Callable[[Ids], bytes],
         body: int | None = None,
         in_reply_to: str | None = None,
+        answer: bool = False,
     ) -> str:
         """Build one copy (given its Message-ID and threading headers, see :meth:`ids`) and
         seal it now; return its Message-ID.
 
         ``build`` returns the whole message, or with ``body`` (from :meth:`share`) the header
-        block only, blank line included. ``in_reply_to`` is the message it answers. ``role``
+        block only, blank line included. ``in_reply_to`` is the message it answers (``answer``:
+        automatically, so it says ``Auto-Submitted: auto-replied``). ``role``
         says who the copy is for (a member handle, ``reporter`` or ``operator``); it is
         stored sealed next to the Message-ID so replies and bounces find their case.
         """
-        ids = self.ids(case, role, in_reply_to)
+        ids = replace(self.ids(case, role, in_reply_to), answer=answer and bool(in_reply_to))
         message_id = ids.message_id
         sealed = self.app.keys.seal(build(ids), "outbound.content")
         self.pending.append(
@@ -186,6 +188,7 @@ class Outbox:
             role=role or member.handle,
             recipient=member.email,
             in_reply_to=in_reply_to,
+            answer=True,
             build=lambda ids: text_message(
                 from_name=app.settings.committee.name,
                 from_addr=app.alias,

@@ -47,6 +47,7 @@ class Ids:
     message_id: str
     in_reply_to: str | None = None
     references: str | None = None
+    answer: bool = False  # an automatic answer to ``in_reply_to`` (RFC 3834 auto-replied)
 
 
 def crlf(data: bytes) -> bytes:
@@ -122,11 +123,19 @@ class Templates:
         return problems
 
 
-def _ascii_or_encoded(value: str) -> str:
-    """An unstructured header value: as is when ASCII, else RFC 2047 words (folded)."""
+def _ascii_or_encoded(value: str, name: str) -> str:
+    """An unstructured header value: as is when ASCII, else RFC 2047 words of at most 75
+    characters, folded so that no line of the field ``name`` is longer than 76."""
     if value.isascii():
         return value
-    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+    return Header(value, "utf-8", maxlinelen=76, header_name=name).encode(linesep="\r\n")
+
+
+def mailbox(name: str, address: str) -> str:
+    """``Name <address>``: an ASCII name quoted as needed, any other in RFC 2047 words."""
+    if name.isascii():
+        return formataddr((name, address))
+    return f"{_ascii_or_encoded(name, 'From')} <{address}>"
 
 
 def header_bytes(pairs: list[tuple[str, str]]) -> bytes:
@@ -150,13 +159,13 @@ def base_header_pairs(
 ) -> list[tuple[str, str]]:
     """The headers every message of ours carries, as (name, value) pairs written directly."""
     pairs = [
-        ("From", formataddr((one_line(from_name, 120), from_addr))),
+        ("From", mailbox(one_line(from_name, 120), from_addr)),
         ("To", to),
     ]
     if reply_to:
         pairs.append(("Reply-To", reply_to))
     pairs += [
-        ("Subject", _ascii_or_encoded(one_line(subject, 250))),
+        ("Subject", _ascii_or_encoded(one_line(subject, 250), "Subject")),
         ("Date", format_datetime(utcnow())),
         ("Message-ID", ids.message_id),
     ]
@@ -164,7 +173,9 @@ def base_header_pairs(
         pairs.append(("In-Reply-To", one_line(ids.in_reply_to, 900)))
     if ids.references:
         pairs.append(("References", one_line(ids.references, 900)))
-    pairs += [("Auto-Submitted", "auto-generated"), ("X-Loop", loop)]
+    # RFC 3834: an answer to a message is auto-replied; anything else we send, generated
+    pairs += [("Auto-Submitted", "auto-replied" if ids.answer else "auto-generated"),
+              ("X-Loop", loop)]
     return pairs
 
 

@@ -54,7 +54,8 @@ def test_report_reaches_every_member_and_reporter(daemon: Daemon) -> None:
     assert ack["Reply-To"].addresses[0].addr_spec.startswith("conduct+r.")
     assert code_name in str(ack["Subject"])
     assert ack["In-Reply-To"] == report["Message-ID"]
-    assert ack["Auto-Submitted"] == "auto-generated"
+    assert ack["Auto-Submitted"] == "auto-replied"  # RFC 3834: an automatic answer
+    assert all(got[e][0]["Auto-Submitted"] == "auto-generated" for e in MEMBER_EMAILS)
 
 
 def test_every_copy_carries_a_dkim_signature_that_verifies(sqlite_daemon: Daemon) -> None:
@@ -328,3 +329,24 @@ def test_every_kind_of_copy_shows_the_message_inline(sqlite_daemon: Daemon,
     d.send(postmaster, to=["postmaster@example.org"])
     copies = d.wait_delivered(8)[7:]
     check(copies, postmaster)
+
+
+def test_headers_as_rfcs_and_filters_want_them(sqlite_daemon: Daemon) -> None:
+    """Command answers say `Auto-Submitted: auto-replied` (RFC 3834), and no encoded word
+    is longer than 75 characters (RFC 2047), in the subject or a display name."""
+    d = sqlite_daemon
+    subject = "Überfall auf der Party – ein sehr langer Betreff mit Umlauten äöü " * 3
+    d.send(make_report(subject=subject.strip(), body="It happened.\n"))
+    copies = d.wait_delivered(4)
+    ada = next(c for c in copies if c.to == "ada@example.net")
+    for copy in (c for c in copies if c.to in MEMBER_EMAILS):  # the reporter's: a template's
+        raw = copy.raw.decode("ascii")
+        words = re.findall(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", raw.split("\n\n", 1)[0])
+        assert words and max(len(w) for w in words) <= 75, words
+        assert str(copy["Subject"]).endswith(subject.strip()[-30:])
+    case_address = ada["Reply-To"].addresses[0].addr_spec
+    d.send(make_report(sender="Ada <ada@example.net>", to=case_address, body="/help\n"),
+           sender="ada@example.net", to=[case_address])
+    answer = d.wait_delivered(5)[4]
+    assert answer.to == "ada@example.net" and answer["Auto-Submitted"] == "auto-replied"
+    assert answer["In-Reply-To"] and answer["References"]
