@@ -228,6 +228,7 @@ class Intake(_Section):
     conflict_check_hours: float = Field(default=48, gt=0)
     conflict_check_reminder: bool = True
     acknowledgments_per_day: int = Field(default=3, ge=0)
+    strip_client_headers: bool = True
     reports_per_hour_before_digest: int = Field(default=10, ge=0)
     trusted_relays: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
 

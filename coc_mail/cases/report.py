@@ -120,7 +120,7 @@ def intake_intro(unit: Unit, case: Case) -> str:
         "attached, unaltered.",
         "",
     ]
-    lines += unit.dkim_warning()
+    lines += unit.dkim_warning() + unit.client_note()
     lines += [
         "Reply to this message to write to the case. Nothing is archived.",
         "To start the conflict check, name the reported person:  /involves NAME",

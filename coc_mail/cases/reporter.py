@@ -70,6 +70,7 @@ def correspondence(unit: Unit, case: Case) -> None:
         "Reply to this message to write to the case (not to the reporter).",
         "",
         *unit.dkim_warning(),
+        *unit.client_note(),
     ]
     intro = "\n".join(intro_lines).rstrip("\n") + "\n"
     for handle in receiving_members(app, unit.session, case):

@@ -12,7 +12,7 @@ from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.mail import dkim
 from coc_mail.mail.compose import ForwardBody, forward_head
-from coc_mail.mail.message import Incoming
+from coc_mail.mail.message import Incoming, client_fields, without_client_fields
 from coc_mail.store import Case, counter, utcnow
 
 NOTICES_PER_HOUR = 3
@@ -65,7 +65,10 @@ class Unit:
         auth = verdict.header_value(app.settings.server.hostname) if verdict else None
         shared = self.bodies.get(intro)
         if shared is None:
-            built = ForwardBody.build(intro, msg.content if original is None else original)
+            content = msg.content if original is None else original
+            if app.settings.intake.strip_client_headers:
+                content = without_client_fields(content)
+            built = ForwardBody.build(intro, content)
             shared = self.bodies[intro] = (built, self.outbox.share(built.parts))
         body, stored = shared
         self.outbox.queue(
@@ -85,6 +88,21 @@ class Unit:
                 auth_results=auth,
             ),
         )
+
+    def client_note(self) -> list[str]:
+        """Lines for a copy's intro: which fields of the message show where it was sent from,
+        and whether they were taken out of the attached copy."""
+        found = client_fields(self.msg.content)
+        if not found:
+            return []
+        names = ", ".join(f"{n} {name}" if n > 1 else name for name, n in found.items())
+        if self.app.settings.intake.strip_client_headers:
+            return [f"The message carried {names}, which show where it was sent from (its",
+                    "network address, client or provider): they are not in the attached copy",
+                    "(intake.strip_client_headers); the case document keeps the message whole.",
+                    ""]
+        return [f"The attached message carries {names}, which show where it was sent from",
+                "(its network address, client or provider).", ""]
 
     def notice_allowed(self, member: Member) -> bool:
         """At most NOTICES_PER_HOUR "ignored" notices to one member in an hour (the From: of

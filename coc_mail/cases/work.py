@@ -13,7 +13,7 @@ from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.mail import quotes, readable
 from coc_mail.mail.compose import ForwardBody, forward_head
-from coc_mail.mail.message import Incoming
+from coc_mail.mail.message import Incoming, without_client_fields
 from coc_mail.mail.redact import Redactor
 from coc_mail.store import Case
 
@@ -105,6 +105,8 @@ class Work:
             + ".\nThe report follows, and is attached. /doc sends you the case document; /help "
             "lists the commands.\n"
         )
+        if app.settings.intake.strip_client_headers:
+            report = without_client_fields(report)
         body = ForwardBody.build(intro, report)
         self.outbox.queue(
             case=case, role=member.handle, recipient=member.email,

@@ -56,6 +56,32 @@ class Envelope:
         return cls(**json.loads(data))
 
 
+# Header fields that show where a message was sent from: the sender's network address, mail
+# client and provider (SPEC 8.1, intake.strip_client_headers).
+CLIENT_FIELDS = ("Received", "X-Originating-IP", "X-Sender-IP", "X-Client-IP",
+                 "X-Forwarded-For", "X-Real-IP", "X-Remote-IP")
+_CLIENT_FIELD = re.compile(
+    rb"(?im)^(" + b"|".join(f.encode() for f in CLIENT_FIELDS)
+    + rb")[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
+
+
+def client_fields(content: bytes) -> dict[str, int]:
+    """How many of each :data:`CLIENT_FIELDS` field the message's own header carries."""
+    found: dict[str, int] = {}
+    names = {f.lower(): f for f in CLIENT_FIELDS}
+    for m in _CLIENT_FIELD.finditer(header_block(content)):
+        name = names[m.group(1).decode().lower()]
+        found[name] = found.get(name, 0) + 1
+    return found
+
+
+def without_client_fields(content: bytes) -> bytes:
+    """The message without those fields in its own header (nested messages keep theirs)."""
+    head = header_block(content)
+    stripped = _CLIENT_FIELD.sub(b"", head)
+    return content if stripped == head else stripped + content[len(head):]
+
+
 def header_block(content: bytes) -> bytes:
     """The header section of a raw message (up to the first empty line)."""
     for sep in (b"\r\n\r\n", b"\n\n"):

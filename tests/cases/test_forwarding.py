@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+from pathlib import Path
 
 import dkim
 import pytest
@@ -350,3 +351,33 @@ def test_headers_as_rfcs_and_filters_want_them(sqlite_daemon: Daemon) -> None:
     answer = d.wait_delivered(5)[4]
     assert answer.to == "ada@example.net" and answer["Auto-Submitted"] == "auto-replied"
     assert answer["In-Reply-To"] and answer["References"]
+
+
+def test_members_copies_leave_out_where_the_report_was_sent_from(tmp_path: Path,
+                                                               sqlite_url: str) -> None:
+    """intake.strip_client_headers (default true): the reporter's Received and
+    X-Originating-IP lines are not in the members' attached copy, the intro says they were
+    there, and the rest of the original is byte for byte; false keeps them."""
+    report = make_report(subject="At the party", body="It happened.\n")
+    report["X-Originating-IP"] = "[192.0.2.7]"
+    sent = (b"Received: from [192.0.2.7] (cpe-192-0-2-7.isp.example [192.0.2.7])\r\n"
+            b"\tby mail.example.com with ESMTPSA id 42\r\n" + wire(report))
+    for strip in (True, False):
+        (tmp_path / str(strip)).mkdir()
+        d = Daemon(tmp_path / str(strip), sqlite_url.replace(".db", f"-{strip}.db"),
+                   extra={"intake": {"strip_client_headers": strip}})
+        d.start()
+        try:
+            d.send(sent)
+            member = next(c for c in d.wait_delivered(4) if c.to in MEMBER_EMAILS)
+        finally:
+            d.stop()
+        original = member.original().replace(b"\n", b"\r\n")
+        if strip:
+            assert b"192.0.2.7" not in original and b"Received:" not in original
+            assert original == re.sub(rb"(?m)^(Received|X-Originating-IP):.*\r\n(?:[ \t].*\r\n)*",
+                                      b"", sent)
+            assert "carried Received, X-Originating-IP" in member.text
+        else:
+            assert original == sent
+            assert "carries Received, X-Originating-IP" in member.text
