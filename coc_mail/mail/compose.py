@@ -213,6 +213,7 @@ class ForwardBody:
 
     boundary: str
     parts: tuple[bytes, ...]
+    eight_bit: bool = False  # the original holds 8-bit bytes: the parent must say so too
 
     @classmethod
     def build(cls, intro: str, original: bytes) -> ForwardBody:
@@ -245,7 +246,7 @@ class ForwardBody:
             text_bytes, b"\r\n--", b, b"\r\n", part_head,
         ))
         tail = (b"" if original.endswith(b"\r\n") else b"\r\n") + b"--" + b + b"--\r\n"
-        return cls(boundary, (head, original, tail))
+        return cls(boundary, (head, original, tail), eight_bit)
 
 
 def forward_head(
@@ -276,6 +277,8 @@ def forward_head(
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/mixed; boundary="{body.boundary}"'),
     ]
+    if body.eight_bit:  # RFC 2045 6.4: a multipart's encoding covers what it holds
+        pairs.append(("Content-Transfer-Encoding", "8bit"))
     return header_bytes(pairs) + b"\r\n"
 
 

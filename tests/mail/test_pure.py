@@ -209,3 +209,28 @@ def test_quoted_printable_soft_breaks_across_a_window_edge() -> None:
            b"Content-Transfer-Encoding: quoted-printable (x)\r\n\r\n" + body)
     r = Redactor("conduct@example.org")
     assert any(r.found_in(v) for v in readable.views(raw, wanted=r.worth_reading))
+
+
+@pytest.mark.parametrize(("original", "eight_bit"), [
+    (b"Subject: caf\xc3\xa9\r\n\r\nIt happened at the caf\xc3\xa9.\r\n", True),
+    (b"Subject: plain\r\n\r\nIt happened.\r\n", False),
+])
+def test_a_forwarded_copy_says_8bit_on_its_multipart_parent(original: bytes,
+                                                            eight_bit: bool) -> None:
+    """RFC 2045 6.4: a multipart holding 8-bit content says 8bit itself (and 7bit mail says
+    nothing), so a relay and a filter read the copy's encoding from its top."""
+    from email import message_from_bytes
+    from email.policy import default
+
+    from coc_mail.mail.compose import ForwardBody, Ids, forward_head
+
+    body = ForwardBody.build("A new report.\n", original)
+    head = forward_head(from_name="Committee", from_addr="conduct@example.org",
+                        to="ada@example.net", reply_to="conduct@example.org", subject="s",
+                        body=body, ids=Ids("<x@example.org>"), loop="conduct@example.org",
+                        auth_results=None)
+    msg = message_from_bytes(head + b"".join(body.parts), policy=default)
+    assert (msg["Content-Transfer-Encoding"] == "8bit") is eight_bit
+    assert eight_bit or msg["Content-Transfer-Encoding"] is None
+    attached = next(p for p in msg.iter_parts() if p.get_content_type() == "message/rfc822")
+    assert (attached["Content-Transfer-Encoding"] == "8bit") is eight_bit
