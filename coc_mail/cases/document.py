@@ -86,8 +86,9 @@ def render(keys: Keyring, session: Session, case: Case) -> str:
         f"Status:            {case.status}",
         f"Opened:            {case.opened_at:%Y-%m-%d %H:%M} UTC",
         f"Reported person:   {reported_of(keys, case) or '(not named yet)'}",
-        f"Safety risk?       {sheet.get('safety', '')}",
+        # (in this order: "No" before "Risk of ..." reads as "No Risk" to spam filters)
         f"Risk of repeating? {sheet.get('repeat', '')}",
+        f"Safety risk?       {sheet.get('safety', '')}",
         f"Actions needed:    {sheet.get('actions', '')}",
         f"Resolution:        {sheet.get('resolution', '')}",
         "",
