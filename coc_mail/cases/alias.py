@@ -13,7 +13,7 @@ from coc_mail.cases.unit import Unit
 from coc_mail.config import Member
 from coc_mail.mail import readable
 from coc_mail.mail.addresses import Kind, Recipient
-from coc_mail.mail.message import header_block
+from coc_mail.mail.message import header_block, without_client_fields
 from coc_mail.mail.redact import Redactor
 from coc_mail.store import Case, CodeName, SentCopy
 
@@ -150,6 +150,8 @@ def case_mail_came_back(unit: Unit, cases: list[Case]) -> None:
     if not cases:
         log.warning("mail quoting coc-mail mail of no open case at the alias: to the "
                     "operators")
+        if app.settings.intake.strip_client_headers:  # as in the members' copies
+            original = without_client_fields(original)
         postmaster.to_operators(unit, original, "Mail at the committee address that quotes "
                                 "coc-mail mail of no open case, attached (our addresses taken "
                                 "out). It went to nobody else.\n")

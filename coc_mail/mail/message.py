@@ -58,8 +58,12 @@ class Envelope:
 
 # Header fields that show where a message was sent from: the sender's network address, mail
 # client and provider (SPEC 8.1, intake.strip_client_headers).
-CLIENT_FIELDS = ("Received", "X-Originating-IP", "X-Sender-IP", "X-Client-IP",
-                 "X-Forwarded-For", "X-Real-IP", "X-Remote-IP")
+CLIENT_FIELDS = ("Received", "X-Received", "X-Originating-IP", "X-Sender-IP", "X-Client-IP",
+                 "X-Source-IP", "X-Forwarded-For", "X-Real-IP", "X-Remote-IP", "Received-SPF",
+                 "Authentication-Results", "ARC-Authentication-Results",
+                 "X-MS-Exchange-Organization-OriginalClientIPAddress",
+                 "X-Get-Message-Sender-Via", "X-Mailgun-Sending-Ip", "X-Spam-Relays-External",
+                 "X-Mailer", "User-Agent")
 _CLIENT_FIELD = re.compile(
     rb"(?im)^(" + b"|".join(f.encode() for f in CLIENT_FIELDS)
     + rb")[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
@@ -84,11 +88,12 @@ def without_client_fields(content: bytes) -> bytes:
 
 def header_block(content: bytes) -> bytes:
     """The header section of a raw message (up to the first empty line)."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        end = content.find(sep)
-        if end != -1:
-            return content[: end + len(sep)]
-    return content
+    ends = [(at, len(sep)) for sep in (b"\r\n\r\n", b"\n\n")
+            if (at := content.find(sep)) != -1]
+    if not ends:
+        return content
+    at, length = min(ends)  # the first blank line, whichever line ends the header uses
+    return content[: at + length]
 
 
 def decode(raw: str) -> str:

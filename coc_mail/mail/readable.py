@@ -519,6 +519,9 @@ def _message_views(msg: Message, depth: int,
         part, level = stack.pop()
         for name, value in part.items():
             yield f"{name}: {_header_text(value)}"
+        with contextlib.suppress(Exception):  # a name in RFC 2231 pieces, as clients join it
+            if filename := part.get_filename():
+                yield str(filename)
         if level > MAX_DEPTH:
             continue
         try:
@@ -541,6 +544,9 @@ def _message_views(msg: Message, depth: int,
         if ctype.startswith("text/"):
             text = decoded_text(part)
             yield text
+            if str(part.get_param("format", "")).lower() == "flowed":  # as a client joins it
+                delsp = str(part.get_param("delsp", "")).lower() == "yes"
+                yield "\n".join(quotes.unflow(text.splitlines(), delsp=delsp))
             if ctype == "text/html":
                 yield from _html_views(text, wanted)
             continue

@@ -234,3 +234,22 @@ def test_a_forwarded_copy_says_8bit_on_its_multipart_parent(original: bytes,
     assert eight_bit or msg["Content-Transfer-Encoding"] is None
     attached = next(p for p in msg.iter_parts() if p.get_content_type() == "message/rfc822")
     assert (attached["Content-Transfer-Encoding"] == "8bit") is eight_bit
+
+
+@pytest.mark.parametrize("raw", [
+    b"Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n--B\r\nContent-Type: application/pdf\r\n"
+    b'Content-Disposition: attachment; filename*0="conduct+r.abcdefgh";\r\n'
+    b' filename*1="ijklmnop@exa"; filename*2="mple.org"\r\n\r\nx\r\n--B--\r\n',
+    b"Subject: s\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8; format=flowed; delsp=yes\r\n\r\n"
+    b"write to conduct+r.abc \r\ndefghijklmnop@ex \r\nample.org\r\n",
+], ids=["rfc2231-filename", "flowed-delsp"])
+def test_what_clients_join_is_read_joined(raw: bytes) -> None:
+    """Found by an attack review: a name in RFC 2231 pieces and format=flowed lines are
+    read as a client shows them, so redaction sees the address they spell."""
+    from coc_mail.mail.redact import Redactor
+
+    r = Redactor("conduct@example.org")
+    assert r.leaks(raw)
+    assert not r.leaks(r.message(raw))
