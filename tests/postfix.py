@@ -114,3 +114,56 @@ smtputf8_enable = yes
     def mailbox(self, address: str) -> list[bytes]:
         new = self.mail / address / "new"
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+
+
+class Sink:
+    """Postfix's smtp-sink dumping each transaction into a file of its own; ``eightbit=False``
+    makes it a relay that does not offer 8BITMIME (``-8``)."""
+
+    def __init__(self, *, eightbit: bool = True) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="coc-sink-"))
+        self.dir.chmod(0o755)
+        shutil.chown(self.dir, "postfix")
+        flags = [] if eightbit else ["-8"]
+        self.proc = subprocess.Popen(
+            ["smtp-sink", *flags, "-u", "postfix", "-d", f"{self.dir}/%H%M%S.",
+             f"127.0.0.1:{self.port}", "100"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._listening, 10, "smtp-sink listening")
+
+    def _listening(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def transactions(self) -> list[tuple[dict[str, str], bytes]]:
+        """Each received transaction: smtp-sink's ``X-*-Args`` lines, and the message bytes
+        exactly as they came over the wire (dot-unstuffed, CRLF)."""
+        found = []
+        for path in sorted(self.dir.iterdir()):
+            data = path.read_bytes()
+            args: dict[str, str] = {}
+            while data.startswith(b"X-") and b": " in data.split(b"\n", 1)[0]:
+                line, data = data.split(b"\n", 1)
+                name, _, value = line.decode().rstrip("\r").partition(": ")
+                if not name.endswith("-Args") and name not in ("X-Client-Addr",
+                                                                "X-Client-Proto"):
+                    data = line + b"\n" + data
+                    break
+                args[name] = args[name] + " " + value if name in args else value
+            found.append((args, data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")))
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

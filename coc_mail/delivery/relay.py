@@ -16,7 +16,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ from aiosmtplib.email import quote_address
 
 from coc_mail.config import Settings
 from coc_mail.errors import DeliveryError
+from coc_mail.mail.downgrade import needs_downgrade, seven_bit
 from coc_mail.store.crypto import BIG  # big content is written a piece of this size at a time
 
 MAX_LINE = 8192  # a longer reply line ends the session (RFC 5321 4.5.3.1.5 says 512)
@@ -218,15 +219,21 @@ class RelaySession:
         self.replies.transport.write(b"".join(c + b"\r\n" for c in commands))
         return await self._wait(futures)
 
-    async def send(self, sender: str, recipient: str, parts: Sequence[bytes]) -> None:
+    async def send(self, sender: str, recipient: str, parts: Sequence[bytes],
+                   downgrade: Callable[[bytes], bytes] = seven_bit) -> None:
         """One mail transaction. Raises :class:`DeliveryError` (a :class:`Lost` when the
-        connection broke or the relay closes it: a 421)."""
+        connection broke or the relay closes it: a 421). 8-bit content goes with
+        BODY=8BITMIME (RFC 6152), or through ``downgrade`` to a relay that does not offer it
+        (the delivery worker's re-signs after re-encoding)."""
         from_, to = _address(sender, self.smtputf8), _address(recipient, self.smtputf8)
         mail = b"MAIL FROM:" + from_
         if not (from_.isascii() and to.isascii()):
             mail += b" SMTPUTF8"
-        if self.eightbit and not all(p.isascii() for p in parts):
-            mail += b" BODY=8BITMIME"  # RFC 6152; a relay without it gets the bytes as they are
+        if needs_downgrade(parts):
+            if self.eightbit:
+                mail += b" BODY=8BITMIME"
+            else:
+                parts = [downgrade(b"".join(parts))]
         rcpt = b"RCPT TO:" + to
         if self.pipelining:
             replies = await self._commands(mail, rcpt, b"DATA")
@@ -308,6 +315,7 @@ class SmtpTransport:
         ca_file: str | None = None,
         pool: int = 4,
         helo: str | None = None,
+        downgrade: Callable[[bytes], bytes] = seven_bit,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or ""
@@ -319,9 +327,11 @@ class SmtpTransport:
         self.pool = pool
         self.helo = helo  # the EHLO name (else aiosmtplib asks getfqdn() for every connection)
         self.idle: list[RelaySession] = []
+        self.downgrade = downgrade  # 8-bit copies for a relay without 8BITMIME
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout: float | None = None) -> SmtpTransport:
+    def from_settings(cls, settings: Settings, timeout: float | None = None,
+                      downgrade: Callable[[bytes], bytes] = seven_bit) -> SmtpTransport:
         """The transport ``delivery.*`` describes. The EHLO name is ``server.hostname`` when
         it is a domain name, else this machine's (relays often refuse a dotless name such as
         the default ``localhost``), looked up once."""
@@ -329,7 +339,7 @@ class SmtpTransport:
         return cls(
             delivery.relay, delivery.username, delivery.password(), delivery.require_tls,
             timeout or delivery.timeout_seconds, delivery.tls_ca_file, pool=delivery.workers,
-            helo=hostname if "." in hostname else socket.getfqdn(),
+            helo=hostname if "." in hostname else socket.getfqdn(), downgrade=downgrade,
         )
 
     async def probe(self) -> None:
@@ -374,7 +384,7 @@ class SmtpTransport:
             try:
                 if session is None:
                     session = await self._connect()
-                await session.send(envelope_from, recipient, parts)
+                await session.send(envelope_from, recipient, parts, self.downgrade)
             except Lost as lost:
                 if not reused or lost.content_sent:
                     raise
@@ -382,7 +392,7 @@ class SmtpTransport:
                 session.close()  # the relay had closed (or is closing) an idle connection
                 session = None
                 session = await self._connect()
-                await session.send(envelope_from, recipient, parts)
+                await session.send(envelope_from, recipient, parts, self.downgrade)
         except BaseException:  # refused, broken, or cancelled at shutdown: never pooled
             if session is not None:
                 session.close()

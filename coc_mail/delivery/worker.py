@@ -27,7 +27,8 @@ from coc_mail.delivery.maildir import MaildirTransport, Transport
 from coc_mail.delivery.outbox import notify_operators
 from coc_mail.delivery.relay import SmtpTransport
 from coc_mail.errors import DeliveryError, where
-from coc_mail.mail.dkim import body_hash
+from coc_mail.mail.dkim import body_hash, unsigned
+from coc_mail.mail.downgrade import seven_bit
 from coc_mail.store import Body, Outbound, SentCopy, drop_unused_bodies, utcnow
 from coc_mail.store.crypto import BIG  # copies larger than this go one at a time per worker
 
@@ -51,7 +52,14 @@ def make_transport(app: App) -> Transport:
         transport = MaildirTransport(delivery.maildir_path)
         transport.prepare()
         return transport
-    return SmtpTransport.from_settings(app.settings)
+    signer = app.signer
+
+    def downgrade(message: bytes) -> bytes:
+        """A signed copy for a relay without 8BITMIME: re-encoded, then signed again (the
+        signature over the 8-bit form would not verify)."""
+        return signer.sign(seven_bit(unsigned(message)))
+
+    return SmtpTransport.from_settings(app.settings, downgrade=downgrade)
 
 
 @dataclass

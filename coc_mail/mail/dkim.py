@@ -173,6 +173,18 @@ def body_hash(body: bytes) -> bytes:
     return base64.b64encode(h.digest())
 
 
+def unsigned(message: bytes) -> bytes:
+    """``message`` without the DKIM-Signature field(s) that start it (ours, prepended)."""
+    while message[:15].lower() == b"dkim-signature:":
+        end = message.find(b"\r\n")
+        while end != -1 and message[end + 2:end + 3] in (b" ", b"\t"):  # folded lines
+            end = message.find(b"\r\n", end + 2)
+        if end == -1:
+            return message
+        message = message[end + 2:]
+    return message
+
+
 class Signer:
     """Signs outbound messages for the committee domain (relaxed/relaxed, rsa-sha256).
 
