@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from email.utils import formataddr
-
 from coc_mail.cases.unit import Unit
 from coc_mail.mail.addresses import Recipient
-from coc_mail.mail.compose import ForwardBody, forward_head
+from coc_mail.mail.compose import ForwardBody, forward_head, mailbox
 
 INTRO = "Mail to postmaster@ / abuse@ of the committee domain, attached.\n"
 
@@ -32,7 +30,7 @@ def to_operators(unit: Unit, original: bytes | None = None, intro: str = INTRO) 
             build=lambda ids, m=member: forward_head(  # type: ignore[misc]
                 from_name=app.settings.committee.name,
                 from_addr=app.alias,
-                to=formataddr((m.name, m.email)),
+                to=mailbox(m.name, m.email, "To"),
                 reply_to=msg.sender or app.alias,
                 subject=f"[postmaster] {msg.subject or '(no subject)'}",
                 body=body,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from email.utils import formataddr
 
 from coc_mail.cases.standing import Standing
 from coc_mail.cases.work import Refusal, Work
 from coc_mail.config import Member
-from coc_mail.mail.compose import relay_message
+from coc_mail.mail.compose import mailbox, relay_message
 from coc_mail.store import Case, utcnow
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ def post(work: Work, case: Case, member: Member) -> None:
             build=lambda ids, o=other: relay_message(  # type: ignore[misc]
                 original=post,
                 from_name=f"{member.name} via {case.code_name}", from_addr=app.alias,
-                to=formataddr((o.name, o.email)),
+                to=mailbox(o.name, o.email, "To"),
                 reply_to=app.addresses.case(case.code_name, o.handle),
                 subject=subject, ids=ids, loop=app.alias,
             ),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email.utils import formataddr
 
 from sqlmodel import Session
 
@@ -11,7 +10,7 @@ from coc_mail.app import App
 from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.mail import dkim
-from coc_mail.mail.compose import ForwardBody, forward_head
+from coc_mail.mail.compose import ForwardBody, forward_head, mailbox
 from coc_mail.mail.message import Incoming, client_fields, without_client_fields
 from coc_mail.store import Case, counter, utcnow
 
@@ -79,7 +78,7 @@ class Unit:
             build=lambda ids: forward_head(
                 from_name=committee.name,
                 from_addr=app.alias,
-                to=formataddr((member.name, member.email)),
+                to=mailbox(member.name, member.email, "To"),
                 reply_to=app.addresses.case(case.code_name, member.handle),
                 subject=msg.cleaned_subject(case.code_name),
                 body=body,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from email.utils import formataddr
-
 from sqlmodel import Session
 
 from coc_mail.app import App
@@ -12,7 +10,7 @@ from coc_mail.cases.standing import Standing, receiving_members, standings
 from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.mail import quotes, readable
-from coc_mail.mail.compose import ForwardBody, forward_head
+from coc_mail.mail.compose import ForwardBody, forward_head, mailbox
 from coc_mail.mail.message import Incoming, without_client_fields
 from coc_mail.mail.redact import Redactor
 from coc_mail.store import Case
@@ -113,7 +111,7 @@ class Work:
             body=self.outbox.share(body.parts),
             build=lambda ids: forward_head(
                 from_name=app.settings.committee.name, from_addr=app.alias,
-                to=formataddr((member.name, member.email)),
+                to=mailbox(member.name, member.email, "To"),
                 reply_to=app.addresses.case(case.code_name, member.handle),
                 subject=f"[{case.code_name}] The report", body=body,
                 ids=ids, loop=app.alias, auth_results=None,

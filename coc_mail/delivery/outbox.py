@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import formataddr
 
 from sqlalchemy import insert, select
 from sqlmodel import Session, SQLModel
@@ -22,7 +21,7 @@ from sqlmodel import Session, SQLModel
 from coc_mail.app import App
 from coc_mail.config import Member
 from coc_mail.mail.addresses import Addresses
-from coc_mail.mail.compose import Ids, new_message_id, text_message
+from coc_mail.mail.compose import Ids, mailbox, new_message_id, text_message
 from coc_mail.store import Case, deferred_blob, fill_blob, utcnow
 
 log = logging.getLogger(__name__)
@@ -192,7 +191,7 @@ class Outbox:
             build=lambda ids: text_message(
                 from_name=app.settings.committee.name,
                 from_addr=app.alias,
-                to=formataddr((member.name, member.email)),
+                to=mailbox(member.name, member.email, "To"),
                 reply_to=reply_to,
                 subject=subject,
                 body=body,

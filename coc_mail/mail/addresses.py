@@ -5,11 +5,17 @@
     conduct+<code-name>.<token>@D    one member's address for one case
     conduct+r.<token>@D              the reporter's address for one case
     conduct+m.<token>@D              one member's address for commands about no single case
-    conduct-bounces+<uid>.<mac>@D    envelope sender of the copy <uid>; DSNs come back here
+    conduct+b.<uid>.<mac>@D          envelope sender of the copy <uid>; DSNs come back here
+    conduct-bounces+<uid>.<mac>@D    the same, as earlier releases wrote it (still parsed)
     postmaster@D, abuse@D            RFC 5321/2142 role addresses, forwarded to the operators
 
 Tokens are HMACs under the storage key (80 bits, base32), so they cannot be guessed and a
 token never reveals which case it belongs to.
+
+The envelope sender is a tag on the alias itself (``conduct+b.…``), not on a separate
+``conduct-bounces`` local part: filters that strip ``+tags`` before comparing the envelope
+sender with ``From:`` (some providers' sender checks, DMARC reports read by people) then see
+``conduct@D`` twice and find them aligned.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ _DETAIL = re.compile(
     rf"^(?:without\.(?P<without>[a-z0-9-]{{1,32}})"
     rf"|r\.(?P<reporter>{TOKEN})"
     rf"|m\.(?P<member>{TOKEN})"
+    rf"|b\.(?P<uid>[0-9a-f]{{16}})\.(?P<mac>{TOKEN})"
     rf"|(?P<code>{CODE})\.(?P<case_token>{TOKEN}))$"
 )
-_BOUNCE = re.compile(r"^(?P<uid>[0-9a-f]{16})\.(?P<mac>[a-z2-7]{16})$")
+_BOUNCE = re.compile(rf"^(?P<uid>[0-9a-f]{{16}})\.(?P<mac>{TOKEN})$")
 
 
 class Kind(Enum):
@@ -90,7 +97,7 @@ class Addresses:
         return self._at(f"{self.local}+m.{self.member_token(handle)}")
 
     def bounce(self, uid: str) -> str:
-        return self._at(f"{self.local}-bounces+{uid}.{self.keys.token('bounce', uid)}")
+        return self._at(f"{self.local}+b.{uid}.{self.keys.token('bounce', uid)}")
 
     @staticmethod
     def new_copy_uid() -> str:
@@ -111,16 +118,16 @@ class Addresses:
         base, plus, detail = local.partition("+")
         if not plus:
             return None
-        if base == f"{self.local}-bounces":
+        if base == f"{self.local}-bounces":  # as earlier releases wrote it: their DSNs still arrive
             m = _BOUNCE.match(detail)
-            if m and self.keys.check_token(m["mac"], "bounce", m["uid"]):
-                return Recipient(Kind.BOUNCE, m["uid"])
-            return None
+            return self._bounce(m["uid"], m["mac"]) if m else None
         if base != self.local:
             return None
         m = _DETAIL.match(detail)
         if not m:
             return None
+        if m["uid"]:
+            return self._bounce(m["uid"], m["mac"])
         if m["without"]:
             return Recipient(Kind.WITHOUT, m["without"])
         if m["reporter"]:
@@ -128,6 +135,9 @@ class Addresses:
         if m["member"]:
             return Recipient(Kind.MEMBER, token=m["member"])
         return Recipient(Kind.CASE, m["code"].replace("-", " "), m["case_token"])
+
+    def _bounce(self, uid: str, mac: str) -> Recipient | None:
+        return Recipient(Kind.BOUNCE, uid) if self.keys.check_token(mac, "bounce", uid) else None
 
     def is_ours(self, domain: str) -> bool:
         return domain.lower() == self.domain

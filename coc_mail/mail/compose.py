@@ -131,11 +131,13 @@ def _ascii_or_encoded(value: str, name: str) -> str:
     return Header(value, "utf-8", maxlinelen=76, header_name=name).encode(linesep="\r\n")
 
 
-def mailbox(name: str, address: str) -> str:
-    """``Name <address>``: an ASCII name quoted as needed, any other in RFC 2047 words."""
+def mailbox(name: str, address: str, field: str = "From") -> str:
+    """``Name <address>`` for the header ``field``: an ASCII name quoted as needed, any other
+    in RFC 2047 words of at most 75 characters, folded (a long name in Cyrillic or CJK would
+    otherwise be one word of hundreds, which filters score and some clients show raw)."""
     if name.isascii():
         return formataddr((name, address))
-    return f"{_ascii_or_encoded(name, 'From')} <{address}>"
+    return f"{_ascii_or_encoded(name, field)} <{address}>"
 
 
 def header_bytes(pairs: list[tuple[str, str]]) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import Daemon, by_recipient, make_report
 
 
@@ -69,12 +71,22 @@ def test_a_flood_from_one_sender_gets_capped_acknowledgments(sqlite_daemon: Daem
     assert len(case_lines(d)) == 5
 
 
-def test_dsn_to_a_bounce_address_tells_the_operator(sqlite_daemon: Daemon) -> None:
+@pytest.mark.parametrize("form", ["tag on the alias", "earlier releases' conduct-bounces"])
+def test_dsn_to_a_bounce_address_tells_the_operator(sqlite_daemon: Daemon, form: str) -> None:
+    """The envelope sender is ``conduct+b.<copy>.<mac>``: with its +tag stripped it is the
+    From: address. DSNs to the form earlier releases wrote (``conduct-bounces+...``) still
+    find their copy."""
     d = sqlite_daemon
     d.send(make_report())
     copies = by_recipient(d.wait_delivered(4))
     grace = copies["grace@example.net"][0]
     bounce_to = str(grace["Return-Path"]).strip("<>")
+    tag, _, domain = bounce_to.partition("@")
+    local, _, detail = tag.partition("+")
+    assert local == "conduct" and detail.startswith("b.")
+    assert f"{local}@{domain}" == grace["From"].addresses[0].addr_spec
+    if form != "tag on the alias":
+        bounce_to = f"conduct-bounces+{detail[2:]}@{domain}"
     raw = (
         b"From: MAILER-DAEMON@example.net\r\nTo: " + bounce_to.encode() + b"\r\n"
         b"Subject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"

@@ -27,7 +27,7 @@ def test_relay_down_then_back(tmp_path: Path, database_url: str) -> None:
         assert sorted(relay.recipients()) == [
             "ada@example.net", "grace@example.net", "linus@example.net", "reporter@example.com"]
         for mail_from, _, _ in relay.messages:
-            assert mail_from.startswith("conduct-bounces+") and mail_from.endswith("@example.org")
+            assert mail_from.startswith("conduct+b.") and mail_from.endswith("@example.org")
         wait_for(lambda: "0 copies waiting" in d.cli("queue").stderr, 10, "an empty queue")
     finally:
         d.stop()

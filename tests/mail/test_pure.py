@@ -33,7 +33,12 @@ def test_address_round_trips() -> None:
     uid = ADDR.new_copy_uid()
     r = ADDR.parse(ADDR.bounce(uid))
     assert r is not None and (r.kind, r.value) == (Kind.BOUNCE, uid)
+    assert ADDR.bounce(uid).startswith(f"conduct+b.{uid}.")
+    assert ADDR.parse(f"conduct+b.{uid}.aaaaaaaaaaaaaaaa@example.org") is None
     assert ADDR.parse(f"conduct-bounces+{uid}.aaaaaaaaaaaaaaaa@example.org") is None
+    earlier = ADDR.bounce(uid).replace("conduct+b.", "conduct-bounces+")  # earlier releases
+    r = ADDR.parse(earlier)
+    assert r is not None and (r.kind, r.value) == (Kind.BOUNCE, uid)
     assert ADDR.parse("postmaster@example.org").kind is Kind.POSTMASTER  # type: ignore[union-attr]
     assert ADDR.parse("conduct@other.org") is None
     assert ADDR.parse("someone@example.org") is None
