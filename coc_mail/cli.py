@@ -49,7 +49,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from coc_mail.workers import run_worker
 
     peers = [int(fd) for fd in args.peer_fds.split(",") if fd]
-    run_worker(_settings(args), args.config, args.index, args.wake_fd, args.lifeline_fd, peers)
+    run_worker(_settings(args), args.config, args.index, args.wake_fd, args.lifeline_fd, peers,
+               args.web_fd)
     return 0
 
 
@@ -459,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--wake-fd", type=int, required=True)
     w.add_argument("--lifeline-fd", type=int, required=True)
     w.add_argument("--peer-fds", required=True)
+    w.add_argument("--web-fd", type=int)
     w.set_defaults(func=cmd_worker)
     add(
         "check",

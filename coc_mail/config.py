@@ -231,6 +231,8 @@ class Intake(_Section):
     strip_client_headers: bool = True
     reports_per_hour_before_digest: int = Field(default=10, ge=0)
     trusted_relays: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # "copy": the report's text in the members' mail; "notice": code name and a web link only
+    deliver: Literal["copy", "notice"] = "copy"
 
     @field_validator("trusted_relays")
     @classmethod
@@ -282,6 +284,54 @@ class Processing(_Section):
     max_cpu_seconds: float = Field(default=10.0, gt=0)
 
 
+class Web(_Section):
+    """``[web]``: the members' web view (unset ``listen``: none)."""
+
+    listen: str | None = None  # host:port, e.g. 127.0.0.1:8080 behind a TLS reverse proxy
+    base_url: str | None = None  # what links in mail start with; http://<listen> when unset
+    session_hours: float = Field(default=12, gt=0, le=24 * 30)
+    link_minutes: float = Field(default=15, gt=0, le=24 * 60)  # a sign-in link's life
+    require_passkey: bool = False  # reserved: passkeys as a second factor are not built yet
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else Server._listen(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError(f"{value!r} must be http(s)://host[:port][/path]")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _passkeys(self) -> Web:
+        if self.require_passkey:
+            raise ValueError("require_passkey: passkeys are not available in this release")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None
+
+    @property
+    def url(self) -> str:
+        """Where members' links point."""
+        if self.base_url:
+            return self.base_url
+        host, _, port = (self.listen or "127.0.0.1:8080").rpartition(":")
+        return f"http://{host}:{port}"
+
+    @property
+    def secure(self) -> bool:
+        return self.url.startswith("https://")
+
+
 class Templates(_Section):
     """``[templates]``: a directory whose files override the packaged templates."""
 
@@ -301,6 +351,7 @@ class Settings(_Section):
     cases: Cases = Cases()
     processing: Processing = Processing()
     templates: Templates = Templates()
+    web: Web = Web()
     source: str = ""
 
     @model_validator(mode="after")
@@ -319,6 +370,9 @@ class Settings(_Section):
                 raise ValueError(f"member {m.name!r} has the committee's own address")
             seen_email[m.email] = m.name
             seen_handle[m.handle] = m.name
+        if self.intake.deliver == "notice" and not self.web.enabled:
+            raise ValueError('intake.deliver = "notice" sends members a link to the web view: '
+                             "set web.listen (and web.base_url) too")
         if self.intake.forward == "triage" and not any("triage" in m.roles for m in self.members):
             raise ValueError('intake.forward = "triage" but no member has roles = ["triage"]')
         return self

@@ -115,8 +115,14 @@ class Daemon:
         self.app = app
         self.config_path = config_path
         self.stopped = asyncio.Event()
+        self.web = None
+        if app.settings.web.enabled:
+            from coc_mail.web.server import bind
+
+            self.web = bind(app.settings)
         self.workers = Pool(config_path, worker_count(app.settings), keep_fds,
-                            app.settings.server.pid_file)
+                            app.settings.server.pid_file,
+                            self.web.fileno() if self.web is not None else None)
 
     def reload(self) -> None:
         """SIGHUP / `coc-mail reload`: re-read the config; on any error keep the old one."""
@@ -158,11 +164,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.workers.flush)
         log.info(
-            "coc-mail ready: SMTP on %s for %s, delivering to %s (%d worker processes)",
+            "coc-mail ready: SMTP on %s for %s, delivering to %s (%d worker processes)%s",
             settings.server.listen,
             self.app.alias,
             settings.delivery.relay.split("@")[-1],
             self.workers.count,
+            f"; web view on {settings.web.listen} ({settings.web.url})" if self.web else "",
         )
         await self.stopped.wait()
         log.info("stopping: no new mail accepted; finishing what is in hand")

@@ -1,4 +1,4 @@
-"""Worker processes: processing, delivery and reminders, run beside the SMTP intake.
+"""Worker processes: processing, delivery, reminders and the web view, beside the SMTP intake.
 
 ``coc-mail serve`` keeps the SMTP listener (and its group-committing spool) in its own
 process and starts ``server.workers`` worker processes, as Postfix's master starts smtpd,
@@ -71,18 +71,20 @@ class Pool:
     """The main process's side: start, watch, signal and stop the worker processes."""
 
     def __init__(self, config_path: str | None, count: int, keep_fds: list[int],
-                 pid_file: str = "var/coc-mail.pid") -> None:
+                 pid_file: str = "var/coc-mail.pid", web_fd: int | None = None) -> None:
         self.config_path = config_path
         self.pid_file = pid_file
         self.count = count
         self.keep_fds = keep_fds  # e.g. the SQLite lock file: held until the last worker exits
-        pipes = [os.pipe() for _ in range(count)]
+        self.web_fd = web_fd  # the web view's listening socket: one more process serves it
+        total = count + (web_fd is not None)
+        pipes = [os.pipe() for _ in range(total)]
         for _, w in pipes:
             os.set_blocking(w, False)
         self.wake_r = [r for r, _ in pipes]
         self.wake_w = [w for _, w in pipes]
         self.lifeline_r, self.lifeline_w = os.pipe()  # never written: EOF means we are gone
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * total
         self.stopping = False
         self.restarts = 0
 
@@ -92,13 +94,16 @@ class Pool:
             sys.executable, "-m", "coc_mail", *config, "worker", str(index),
             "--wake-fd", str(self.wake_r[index]),
             "--lifeline-fd", str(self.lifeline_r),
-            "--peer-fds", ",".join(map(str, self.wake_w)),
+            "--peer-fds", ",".join(map(str, self.wake_w[:self.count])),
         ]
         fds = [self.wake_r[index], self.lifeline_r, *self.wake_w, *self.keep_fds]
+        if index == self.count and self.web_fd is not None:
+            args += ["--web-fd", str(self.web_fd)]
+            fds.append(self.web_fd)
         return subprocess.Popen(args, pass_fds=fds)
 
     def start(self) -> None:
-        for i in range(self.count):
+        for i in range(len(self.procs)):
             self.procs[i] = self._spawn(i)
 
     async def watch(self) -> None:
@@ -127,7 +132,7 @@ class Pool:
         poke(self.wake_w[:1], PROCESS)
 
     def deliver(self) -> None:
-        poke(self.wake_w, DELIVER)
+        poke(self.wake_w[:self.count], DELIVER)
 
     def flush(self) -> None:
         """``coc-mail queue --flush`` (SIGUSR1): retried messages and copies, now."""
@@ -257,10 +262,16 @@ class Worker:
 
 def run_worker(
     settings: Settings, config_path: str | None, index: int,
-    wake_fd: int, lifeline_fd: int, peer_fds: list[int],
+    wake_fd: int, lifeline_fd: int, peer_fds: list[int], web_fd: int | None = None,
 ) -> None:
     """Entry point of ``coc-mail worker`` (started by ``serve``, not by hand)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops us
+    if web_fd is not None:  # the web view's process
+        from coc_mail.web.server import serve
+
+        run_loop(lambda: serve(settings, config_path, web_fd, lifeline_fd,
+                               lambda: poke(peer_fds, DELIVER)))
+        return
     worker = Worker(settings, config_path, index, wake_fd, lifeline_fd, peer_fds)
     run_loop(worker.run)
 

@@ -7,6 +7,7 @@ import json
 
 from sqlmodel import Session, col, select
 
+from coc_mail.config import Settings
 from coc_mail.mail.readable import text_of
 from coc_mail.store import Case, DocEntry
 from coc_mail.store.crypto import Keyring
@@ -49,6 +50,23 @@ def add(
     )
     session.add(entry)
     return entry
+
+
+def notice_mode(settings: Settings) -> bool:
+    """``intake.deliver = "notice"``: members' mail about a report carries its code name and
+    a link to the web view, never the report's text or the reporter's address."""
+    return settings.intake.deliver == "notice"
+
+
+def web_link(settings: Settings, case: Case) -> str:
+    """The case's page in the web view."""
+    return f"{settings.web.url}/cases/{case.code_name.replace(' ', '-')}"
+
+
+def link_lines(settings: Settings, case: Case) -> str:
+    """The lines a notice carries instead of the report."""
+    return ("Read it in the web view (sign in with your committee address):\n"
+            f"  {web_link(settings, case)}\n")
 
 
 def sheet_of(keys: Keyring, case: Case) -> dict[str, str]:

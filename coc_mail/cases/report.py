@@ -7,7 +7,7 @@ import logging
 from sqlmodel import Session
 
 from coc_mail.app import App
-from coc_mail.cases import audit, conflicts
+from coc_mail.cases import audit, conflicts, document
 from coc_mail.cases.members import declared_conflicts, pending_members
 from coc_mail.cases.standing import Standing, open_standings, unused_code_name
 from coc_mail.cases.unit import Unit
@@ -56,7 +56,7 @@ def open_case(unit: Unit, without: list[str]) -> None:
     if not flood:
         intro = intake_intro(unit, case)
         for member in recipients:
-            unit.forward(case, member, intro)
+            unit.forward(case, member, intro, notice="A new report")
     if reporter and not msg.is_automatic() and ack_allowed(app, session, reporter):
         acknowledge(unit, case, reporter)
     first = {m.handle: Standing.EXCLUDED for m in decision.excluded}
@@ -114,10 +114,12 @@ def flooding(app: App, session: Session, sender: str, peer: str) -> bool:
 def intake_intro(unit: Unit, case: Case) -> str:
     """The note above the attached report in each member's copy."""
     committee = unit.app.settings.committee
+    where = ("It is in the web view, with its case document (link below)."
+             if document.notice_mode(unit.app.settings)
+             else "The report follows; the original is attached, unaltered.")
     lines = [
         f'A new report came in to {committee.address}: case "{case.code_name}",',
-        f"opened {case.opened_at:%Y-%m-%d %H:%M} UTC. The report follows; the original is "
-        "attached, unaltered.",
+        f"opened {case.opened_at:%Y-%m-%d %H:%M} UTC. {where}",
         "",
     ]
     lines += unit.dkim_warning() + unit.client_note()

@@ -61,11 +61,13 @@ def correspondence(unit: Unit, case: Case) -> None:
     genuine = bool(msg.mailbox) and msg.mailbox == reporter and (
         msg.envelope.mail_from.lower() == reporter
         or (verdict is not None and verdict.aligned_for(reporter)))
+    where = ("it is in the case document" if document.notice_mode(app.settings)
+             else "it is attached")
     intro_lines = [
-        f'The reporter of case "{case.code_name}" wrote again; their message is attached.'
+        f'The reporter of case "{case.code_name}" wrote again; {where}.'
         if genuine else
-        f'Someone wrote to the reporter\'s address of case "{case.code_name}"; the message '
-        "is attached.\nWARNING: its From: is not the address the report came from, so it "
+        f'Someone wrote to the reporter\'s address of case "{case.code_name}"; {where}.'
+        "\nWARNING: its From: is not the address the report came from, so it "
         "may not be from the reporter.",
         "Reply to this message to write to the case (not to the reporter).",
         "",

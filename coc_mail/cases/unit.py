@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from sqlmodel import Session
 
 from coc_mail.app import App
+from coc_mail.cases import document
 from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
 from coc_mail.mail import dkim
-from coc_mail.mail.compose import ForwardBody, forward_head, mailbox
+from coc_mail.mail.compose import ForwardBody, forward_head, mailbox, text_message
 from coc_mail.mail.message import Incoming, client_fields, without_client_fields
 from coc_mail.store import Case, counter, utcnow
 
@@ -55,11 +56,26 @@ class Unit:
         ]
 
     def forward(self, case: Case, member: Member, intro: str,
-                original: bytes | None = None) -> None:
+                original: bytes | None = None, notice: str = "New in the case") -> None:
         """Queue a copy of the message, attached unaltered (or ``original``: the message with
-        our addresses taken out), for one member; copies with one intro share one body."""
+        our addresses taken out), for one member; copies with one intro share one body. In
+        notice mode (``intake.deliver``) the intro and a link go instead, under the subject
+        ``[code name] <notice>``."""
         app, msg = self.app, self.msg
         committee = app.settings.committee
+        if document.notice_mode(app.settings):  # the intro and a link, nothing of the message
+            self.outbox.queue(
+                case=case, role=member.handle, recipient=member.email,
+                build=lambda ids: text_message(
+                    from_name=committee.name, from_addr=app.alias,
+                    to=mailbox(member.name, member.email, "To"),
+                    reply_to=app.addresses.case(case.code_name, member.handle),
+                    subject=f"[{case.code_name}] {notice}",  # the message's own may name people
+                    body=intro.rstrip("\n") + "\n\n" + document.link_lines(app.settings, case),
+                    ids=ids, loop=app.alias,
+                ),
+            )
+            return
         verdict = self.verdict()
         auth = verdict.header_value(app.settings.server.hostname) if verdict else None
         shared = self.bodies.get(intro)

@@ -95,8 +95,16 @@ class Work:
         if case.report is None:
             return
         app = self.app
-        report = app.keys.open(case.report, "cases.report")
         reported = document.reported_of(app.keys, case)
+        if document.notice_mode(app.settings):
+            self.outbox.to_member(
+                member, case, f"[{case.code_name}] The report",
+                f'{why}\nCase "{case.code_name}", opened {case.opened_at:%Y-%m-%d %H:%M} UTC'
+                + (f", involves {reported}" if reported else "")
+                + ".\nThe report and the case document are in the web view. /help lists the "
+                "commands.\n\n" + document.link_lines(app.settings, case))
+            return
+        report = app.keys.open(case.report, "cases.report")
         intro = (
             f'{why}\nCase "{case.code_name}", opened {case.opened_at:%Y-%m-%d %H:%M} UTC'
             + (f", involves {reported}" if reported else "")

@@ -33,6 +33,8 @@ from coc_mail.store.tables import (
     Outbound,
     ProcessedInbound,
     SentCopy,
+    WebLink,
+    WebSession,
     counter,
     utcnow,
 )
@@ -40,6 +42,7 @@ from coc_mail.store.tables import (
 __all__ = [
     "KEY_CHECK", "SCHEMA_HEAD", "AckBudget", "AuditEntry", "Body", "Case", "CaseMember",
     "CodeName", "DocEntry", "Inbound", "MemberRecord", "Meta", "Outbound", "ProcessedInbound",
-    "SentCopy", "check_key", "check_schema", "counter", "deferred_blob", "drop_unused_bodies",
-    "fill_blob", "incoming_url", "make_engine", "make_incoming", "migrate", "utcnow",
+    "SentCopy", "WebLink", "WebSession", "check_key", "check_schema", "counter",
+    "deferred_blob", "drop_unused_bodies", "fill_blob", "incoming_url", "make_engine",
+    "make_incoming", "migrate", "utcnow",
 ]

@@ -71,7 +71,7 @@ def make_incoming(url: str, main: Engine) -> Engine:
     return engine
 
 
-SCHEMA_HEAD = "0005"  # the newest migration; tests/store/test_migrations.py keeps them in step
+SCHEMA_HEAD = "0006"  # the newest migration; tests/store/test_migrations.py keeps them in step
 
 
 def check_schema(engine: Engine) -> None:

@@ -189,6 +189,25 @@ class AckBudget(SQLModel, table=True):
     count: int = 0
 
 
+class WebLink(SQLModel, table=True):
+    """A one-time sign-in link mailed to a member: only its hash is kept (a copy of the
+    database signs nobody in), with the member's keyed tag, its deadline and its use."""
+
+    __tablename__ = "web_links"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    member_tag: str = Field(max_length=32, index=True)
+    expires_at: dt.datetime = Field(index=True)
+    used_at: dt.datetime | None = None
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser: the hash of its cookie, the member's keyed tag, its deadline."""
+
+    __tablename__ = "web_sessions"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    member_tag: str = Field(max_length=32, index=True)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    expires_at: dt.datetime = Field(index=True)
 
 
 def counter(session: Session, tag: str, day: dt.date) -> AckBudget:

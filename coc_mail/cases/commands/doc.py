@@ -12,5 +12,10 @@ from coc_mail.store import Case
 @case_command("doc", "/doc", "mail the case document to yourself")
 def doc(work: Work, case: Case, member: Member, cmd: Command) -> None:
     work.require_receiving(case, member)
+    if document.notice_mode(work.app.settings):  # the document stays out of mailboxes
+        work.reply(member, case, "The case document is in the web view.\n\n"
+                   + document.link_lines(work.app.settings, case),
+                   subject=f"[{case.code_name}] Case document")
+        return
     work.reply(member, case, document.render(work.app.keys, work.session, case),
                subject=f"[{case.code_name}] Case document")

@@ -1,0 +1,38 @@
+"""Who may see what on the web, asked again on every request: the cases a member receives."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from coc_mail.app import App
+from coc_mail.cases.members import pending_members
+from coc_mail.cases.standing import receiving_members
+from coc_mail.config import Member
+from coc_mail.store import Case
+
+
+def receives(app: App, session: Session, case: Case, member: Member) -> bool:
+    """Whether ``member`` receives ``case`` now (cleared, not recused, conflicted, excluded or
+    silent, and still in the configuration): the mail rule, unchanged."""
+    return member.handle in receiving_members(app, session, case)
+
+
+def cases_of(app: App, session: Session, member: Member) -> list[Case]:
+    """The cases ``member`` receives, newest first."""
+    cases = session.exec(select(Case).order_by(col(Case.opened_at).desc())).all()
+    return [c for c in cases if receives(app, session, c, member)]
+
+
+def case_of(app: App, session: Session, member: Member, code_name: str) -> Case | None:
+    """The case named ``code_name`` ("home-shelf" or "home shelf") when ``member`` receives
+    it; None otherwise, whether it does not exist or is not theirs (both answer 404)."""
+    name = code_name.replace("-", " ").strip().lower()
+    case = session.exec(select(Case).where(Case.code_name == name)).first()
+    if case is None or not receives(app, session, case, member):
+        return None
+    return case
+
+
+def onboarded(app: App, session: Session, member: Member) -> bool:
+    """Whether ``member`` has answered onboarding (the status sheet is theirs to read)."""
+    return member.handle not in pending_members(app, session)

@@ -1,0 +1,123 @@
+"""Signing in: one-time links, sessions and CSRF tokens, kept as hashes; rate limits.
+
+A link is 256 random bits mailed to the member's configured address; the database keeps its
+SHA-256 only, with the member's keyed tag, a deadline (``web.link_minutes``) and when it was
+used: one conditional UPDATE uses it, so two tabs racing with one link get one session. A
+session cookie is another 256 random bits, kept the same way. A CSRF token is a keyed tag of
+the session's cookie (or, before sign-in, of a pre-session cookie): nothing to store, and a
+page of another site can neither read nor forge it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+
+from sqlmodel import Session, col, delete, select, update
+
+from coc_mail.app import App
+from coc_mail.cases.standing import member_tag
+from coc_mail.config import Member
+from coc_mail.store import WebLink, WebSession, utcnow
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _member(app: App, tag: str) -> Member | None:
+    """The configured member whose keyed tag this is (None once they left the file)."""
+    return next((m for m in app.settings.members if member_tag(app, m.handle) == tag), None)
+
+
+def new_link(app: App, session: Session, member: Member) -> str:
+    token = secrets.token_urlsafe(32)
+    minutes = app.settings.web.link_minutes
+    session.add(WebLink(token_hash=_hash(token), member_tag=member_tag(app, member.handle),
+                        expires_at=utcnow() + dt.timedelta(minutes=minutes)))
+    return token
+
+
+def link_member(app: App, session: Session, token: str) -> Member | None:
+    """The member a link is for, when it is unused and in time (it is not used here)."""
+    row = session.exec(select(WebLink).where(
+        WebLink.token_hash == _hash(token), col(WebLink.used_at).is_(None),
+        col(WebLink.expires_at) > utcnow())).first()
+    return _member(app, row.member_tag) if row else None
+
+
+def use_link(app: App, session: Session, token: str) -> Member | None:
+    """Use a link once: the member it signs in, or None (unknown, used, expired, or the
+    member left the configuration)."""
+    member = link_member(app, session, token)
+    if member is None:
+        return None
+    used = session.exec(update(WebLink).where(
+        col(WebLink.token_hash) == _hash(token), col(WebLink.used_at).is_(None),
+        col(WebLink.expires_at) > utcnow()).values(used_at=utcnow()))
+    return member if used.rowcount == 1 else None
+
+
+def new_session(app: App, session: Session, member: Member) -> str:
+    token = secrets.token_urlsafe(32)
+    hours = app.settings.web.session_hours
+    session.add(WebSession(token_hash=_hash(token), member_tag=member_tag(app, member.handle),
+                           expires_at=utcnow() + dt.timedelta(hours=hours)))
+    return token
+
+
+def session_member(app: App, session: Session, token: str) -> Member | None:
+    """The member a session cookie belongs to, while it lasts and they are configured."""
+    if not token:
+        return None
+    row = session.exec(select(WebSession).where(
+        WebSession.token_hash == _hash(token), col(WebSession.expires_at) > utcnow())).first()
+    return _member(app, row.member_tag) if row else None
+
+
+def end_session(session: Session, token: str) -> None:
+    session.exec(delete(WebSession).where(
+        col(WebSession.token_hash) == _hash(token)))
+
+
+def sweep(session: Session) -> None:
+    """Forget expired links and sessions."""
+    now = utcnow()
+    session.exec(delete(WebLink).where(col(WebLink.expires_at) < now))
+    session.exec(delete(WebSession).where(
+        col(WebSession.expires_at) < now))
+
+
+def csrf_token(app: App, cookie: str) -> str:
+    return app.keys.tag("csrf", cookie)
+
+
+def csrf_ok(app: App, cookie: str, sent: str) -> bool:
+    return bool(cookie) and hmac.compare_digest(csrf_token(app, cookie), sent or "")
+
+
+class RateLimit:
+    """At most ``count`` events per ``seconds`` for each key (in this process)."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        self.count, self.seconds = count, seconds
+        self.events: dict[str, deque[float]] = {}
+        self.lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            if len(self.events) > 10_000:  # a spray of keys: start over rather than grow
+                self.events.clear()
+            seen = self.events.setdefault(key, deque())
+            while seen and seen[0] <= now - self.seconds:
+                seen.popleft()
+            if len(seen) >= self.count:
+                return False
+            seen.append(now)
+            return True

@@ -1,0 +1,380 @@
+"""The web view's routes (Starlette): sign-in, the member's cases, a case page with its
+command forms, downloads and the status sheet; every request asks the standing again.
+
+Every handler is a plain function (Starlette runs it in its thread pool) that opens its own
+database session. Refusals are precise: 303 to ``/login`` when signed out, 403 for a form
+without its CSRF token, 404 for any case, page or download the member does not receive now
+(the same answer as for a case that does not exist), 429 when sign-in is asked too often.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlmodel import Session
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coc_mail.app import App
+from coc_mail.cases import document
+from coc_mail.cases import status as sheet
+from coc_mail.cases.commands.followup import INTERNAL_TEMPLATES
+from coc_mail.config import Member
+from coc_mail.delivery.outbox import Outbox
+from coc_mail.web import access, actions, auth, view
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "coc_session"
+PRE_COOKIE = "coc_pre"  # before sign-in: what the sign-in forms' CSRF tokens are tied to
+STATIC = Path(__file__).parent / "static"
+HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+     b"frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),  # case documents never stay in a browser's cache
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+MAX_FORM = 256 << 10  # bytes of one form (a follow-up's or note's text fits many times)
+
+
+class SecurityHeaders:
+    """Adds the headers above to every response, refusals included."""
+
+    def __init__(self, app: ASGIApp, secure: bool) -> None:
+        self.app = app
+        self.extra = [*HEADERS, *([(b"strict-transport-security", b"max-age=31536000")]
+                                  if secure else [])]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k, v) for k, v in self.extra if k not in names]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class Web:
+    """The web view of one daemon: its routes, templates, rate limits and flash answers."""
+
+    def __init__(self, app: App, on_queued: Callable[[], None] = lambda: None) -> None:
+        self.app = app
+        self.on_queued = on_queued
+        self.env = Environment(loader=PackageLoader("coc_mail.web", "templates"),
+                               autoescape=select_autoescape(["html"], default=True))
+        self.by_ip = auth.RateLimit(10, 600)  # sign-in requests per client address
+        self.by_address = auth.RateLimit(3, 900)  # links mailed per address
+        self.links_in_use = auth.RateLimit(30, 600)  # link pages per client address
+        self.flash: dict[str, list[str]] = {}  # session hash -> answers to show once
+        self.lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------
+    @property
+    def secure(self) -> bool:
+        return self.app.settings.web.secure
+
+    def page(self, template: str, request: Request, status: int = 200,
+             **context: Any) -> Response:
+        html = self.env.get_template(template).render(
+            committee=self.app.settings.committee.name, request=request, **context)
+        return HTMLResponse(html, status)
+
+    def not_found(self, request: Request, member: Member | None = None) -> Response:
+        return self.page("not_found.html", request, 404, member=member,
+                         csrf=self._csrf(request))
+
+    def _cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path="/", httponly=True,
+                            samesite="strict", secure=self.secure)
+
+    def _csrf(self, request: Request) -> str:
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        return auth.csrf_token(self.app, cookie) if cookie else ""
+
+    def member(self, request: Request) -> Member | None:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        if not token:
+            return None
+        with Session(self.app.engine) as session:
+            return auth.session_member(self.app, session, token)
+
+    async def form(self, request: Request) -> dict[str, str] | None:
+        """The posted form, or None when it is too big or its CSRF token is wrong."""
+        if int(request.headers.get("content-length") or 0) > MAX_FORM:
+            return None
+        async with request.form(max_files=0, max_fields=50) as form:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return fields
+
+    def csrf_refused(self, request: Request) -> Response:
+        return self.page("refused.html", request, 403, member=None, csrf="",
+                         why="This form has expired or did not come from this site. Go back, "
+                             "reload the page and send it again.")
+
+    # -- sign-in --------------------------------------------------------------------------
+    def _pre(self, request: Request) -> tuple[str, bool]:
+        pre = request.cookies.get(PRE_COOKIE, "")
+        return (pre, False) if pre else (secrets.token_urlsafe(24), True)
+
+    def _with_pre(self, response: Response, pre: str, new: bool) -> Response:
+        if new:
+            self._cookie(response, PRE_COOKIE, pre, 3600)
+        return response
+
+    async def login_form(self, request: Request) -> Response:
+        pre, new = self._pre(request)
+        return self._with_pre(self.page("login.html", request, csrf=auth.csrf_token(
+            self.app, pre), member=None), pre, new)
+
+    async def login(self, request: Request) -> Response:
+        fields = await self.form(request)
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
+            return self.csrf_refused(request)
+        ip = request.client.host if request.client else "?"
+        address = parseaddr(fields.get("email", "")[:320])[1].strip().lower()
+        if not self.by_ip.allow(ip) or not self.by_address.allow(address):
+            return self.page("refused.html", request, 429, member=None, csrf="",
+                             why="Too many sign-in requests. Wait a few minutes and try again.")
+        member = self.app.settings.member_by_email(address) if address else None
+        # The answer is the same, and as fast, for a member and for anyone else: the link
+        # is queued after the response has gone.
+        response = self.page("login_sent.html", request, member=None, csrf="")
+        if member is not None:
+            response.background = BackgroundTask(self._send_link, member)
+        return response
+
+    def _send_link(self, member: Member) -> None:
+        app = self.app
+        with Session(app.engine) as session:
+            auth.sweep(session)
+            token = auth.new_link(app, session, member)
+            outbox = Outbox(app, session)
+            minutes = int(app.settings.web.link_minutes)
+            outbox.to_member(
+                member, None, "Your sign-in link",
+                f"Someone (we hope you) asked to sign in to the web view of the "
+                f"{app.settings.committee.name}.\n\nSign in within {minutes} minutes, "
+                f"once:\n\n  {app.settings.web.url}/login/{token}\n\n"
+                "If you did not ask for it, ignore this message: nobody can use the link "
+                "without your mailbox.\n")
+            outbox.write(session)
+            session.commit()
+        log.info("web: a sign-in link was mailed")
+        self.on_queued()
+
+    async def link_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        ip = request.client.host if request.client else "?"
+        if not self.links_in_use.allow(ip):
+            return self.page("refused.html", request, 429, member=None, csrf="",
+                             why="Too many sign-in attempts. Wait a few minutes.")
+        with Session(self.app.engine) as session:
+            member = auth.link_member(self.app, session, token)
+        if member is None:
+            return self.page("refused.html", request, 404, member=None, csrf="",
+                             why="This sign-in link is not valid: it was used already, it "
+                                 "expired, or it is not complete. Ask for a new one.")
+        pre, new = self._pre(request)
+        return self._with_pre(self.page("link.html", request, member=None, csrf=auth.csrf_token(
+            self.app, pre), name=member.name, token=token), pre, new)
+
+    async def use_link(self, request: Request) -> Response:
+        fields = await self.form(request)
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
+            return self.csrf_refused(request)
+        with Session(self.app.engine) as session:
+            member = auth.use_link(self.app, session, request.path_params["token"])
+            token = auth.new_session(self.app, session, member) if member else ""
+            session.commit()
+        if member is None:
+            return self.page("refused.html", request, 404, member=None, csrf="",
+                             why="This sign-in link is not valid: it was used already, it "
+                                 "expired, or it is not complete. Ask for a new one.")
+        log.info("web: a member signed in")
+        response = RedirectResponse("/", 303)
+        self._cookie(response, SESSION_COOKIE, token,
+                     int(self.app.settings.web.session_hours * 3600))
+        response.delete_cookie(PRE_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        fields = await self.form(request)
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
+            return self.csrf_refused(request)
+        with Session(self.app.engine) as session:
+            auth.end_session(session, cookie)
+            session.commit()
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # -- pages ----------------------------------------------------------------------------
+    def _signed_out(self) -> Response:
+        return RedirectResponse("/login", 303)
+
+    def _take_flash(self, request: Request) -> list[str]:
+        key = auth._hash(request.cookies.get(SESSION_COOKIE, ""))
+        with self.lock:
+            return self.flash.pop(key, [])
+
+    def _put_flash(self, request: Request, answers: list[str]) -> None:
+        key = auth._hash(request.cookies.get(SESSION_COOKIE, ""))
+        with self.lock:
+            if len(self.flash) > 1000:
+                self.flash.clear()
+            self.flash.setdefault(key, []).extend(answers)
+
+    def home(self, request: Request) -> Response:
+        member = self.member(request)
+        if member is None:
+            return self._signed_out()
+        with Session(self.app.engine) as session:
+            cases = access.cases_of(self.app, session, member)
+            onboarded = access.onboarded(self.app, session, member)
+            rows = [(c.code_name, c.status, c.opened_at, c.updated_at) for c in cases]
+        return self.page("cases.html", request, member=member, csrf=self._csrf(request),
+                         cases=rows, onboarded=onboarded, flash=self._take_flash(request))
+
+    def case_page(self, request: Request) -> Response:
+        member = self.member(request)
+        if member is None:
+            return self._signed_out()
+        with Session(self.app.engine) as session:
+            case = access.case_of(self.app, session, member, request.path_params["code"])
+            if case is None:
+                return self.not_found(request, member)
+            shown = view.case_view(self.app, session, case)
+        return self.page("case.html", request, member=member, csrf=self._csrf(request),
+                         v=shown, slug=case.code_name.replace(" ", "-"),
+                         sections=document.SECTIONS, templates=self._templates(),
+                         flash=self._take_flash(request))
+
+    def _templates(self) -> list[str]:
+        return [n for n in self.app.templates.names() if n not in INTERNAL_TEMPLATES]
+
+    def download(self, request: Request) -> Response:
+        member = self.member(request)
+        if member is None:
+            return self._signed_out()
+        with Session(self.app.engine) as session:
+            case = access.case_of(self.app, session, member, request.path_params["code"])
+            found = view.attachment(self.app, case, request.path_params["index"]) if case else None
+        if found is None:
+            return self.not_found(request, member)
+        name, data = found
+        safe = "".join(c for c in name if c.isprintable() and c not in '"\\/;') or "attachment"
+        return Response(data, media_type="application/octet-stream", headers={
+            "content-disposition": f"attachment; filename*=UTF-8''{quote(safe)}"})
+
+    async def command(self, request: Request) -> Response:
+        member = self.member(request)
+        if member is None:
+            return self._signed_out()
+        fields = await self.form(request)
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
+            return self.csrf_refused(request)
+        name = request.path_params["command"]
+        code = request.path_params["code"]
+        with Session(self.app.engine) as session:
+            case = access.case_of(self.app, session, member, code)
+            code_name = case.code_name if case else ""
+        if case is None or name not in actions.WEB_COMMANDS:
+            return self.not_found(request, member)
+        outcome = await run_in_threadpool(actions.run, self.app, member, code_name, name,
+                                          fields, self.on_queued)
+        if name == "preview":
+            return self._preview(request, member, code_name, fields, outcome.answers)
+        self._put_flash(request, outcome.answers)
+        with Session(self.app.engine) as session:
+            still = access.case_of(self.app, session, member, code_name) is not None
+        slug = code_name.replace(" ", "-")
+        return RedirectResponse(f"/cases/{slug}" if still else "/", 303)
+
+    def _preview(self, request: Request, member: Member, code_name: str,
+                 fields: dict[str, str], answers: list[str]) -> Response:
+        with Session(self.app.engine) as session:
+            case = access.case_of(self.app, session, member, code_name)
+            if case is None:
+                return self.not_found(request, member)
+            shown = view.case_view(self.app, session, case)
+        return self.page("case.html", request, member=member, csrf=self._csrf(request),
+                         v=shown, slug=code_name.replace(" ", "-"), sections=document.SECTIONS,
+                         templates=self._templates(), flash=[], preview=answers,
+                         draft={"template": fields.get("template", ""),
+                                "text": fields.get("text", "")})
+
+    def status_page(self, request: Request) -> Response:
+        member = self.member(request)
+        if member is None:
+            return self._signed_out()
+        fmt = request.path_params.get("fmt", "")
+        with Session(self.app.engine) as session:
+            if not access.onboarded(self.app, session, member):
+                return self.page("refused.html", request, 403, member=member,
+                                 csrf=self._csrf(request),
+                                 why="Answer your onboarding mail first (/conflicts ...): "
+                                     "the status sheet is for onboarded members.")
+            all_cases = sheet.cases(self.app, session)
+            table = [sheet.row_of(c) for c in all_cases]
+            warnings = sheet.warnings(self.app, session, all_cases)
+        if fmt in ("csv", "xlsx"):
+            media = {"csv": "text/csv; charset=utf-8", "xlsx": "application/vnd."
+                     "openxmlformats-officedocument.spreadsheetml.sheet"}[fmt]
+            return Response(sheet.render(table, fmt), media_type=media, headers={
+                "content-disposition": f'attachment; filename="status.{fmt}"'})
+        if fmt:
+            return self.not_found(request, member)
+        return self.page("status.html", request, member=member, csrf=self._csrf(request),
+                         columns=sheet.COLUMNS, rows=table, warnings=warnings)
+
+    def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name != "style.css":
+            return Response("", 404)
+        return FileResponse(STATIC / name, media_type="text/css",
+                            headers={"cache-control": "max-age=3600"})
+
+    def asgi(self) -> ASGIApp:
+        routes = [
+            Route("/", self.home),
+            Route("/login", self.login_form, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/login/{token}", self.link_page, methods=["GET"]),
+            Route("/login/{token}", self.use_link, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/cases/{code}", self.case_page),
+            Route("/cases/{code}/files/{index:int}", self.download),
+            Route("/cases/{code}/{command}", self.command, methods=["POST"]),
+            Route("/status", self.status_page),
+            Route("/status.{fmt}", self.status_page),
+            Route("/static/{name}", self.static),
+        ]
+        return SecurityHeaders(Starlette(routes=routes), self.app.settings.web.secure)

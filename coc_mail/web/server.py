@@ -1,0 +1,69 @@
+"""The web view's process: uvicorn serving :class:`coc_mail.web.pages.Web` on the socket the
+main process bound (so a port in use fails ``serve`` at once, and restarts keep the port)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from coc_mail import config as config_mod
+from coc_mail.app import build
+from coc_mail.config import Settings
+from coc_mail.errors import CocMailError
+from coc_mail.web.pages import Web
+
+log = logging.getLogger(__name__)
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket of ``web.listen`` (in the main process, before the workers)."""
+    listen = settings.web.listen
+    assert listen is not None
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_server((host, int(port)),
+                                    family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=512)
+    except OSError as exc:
+        raise CocMailError(f"web.listen {listen}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: Settings, config_path: str | None, fd: int, lifeline_fd: int,
+                on_queued: Callable[[], None]) -> None:
+    """Serve until SIGTERM or until the main process is gone."""
+    app = build(settings, migrate=False)
+    web = Web(app, on_queued)
+    sock = socket.socket(fileno=fd)
+    config = uvicorn.Config(
+        web.asgi(), log_level="warning", access_log=False,  # paths hold sign-in tokens
+        proxy_headers=True, forwarded_allow_ips=list(settings.web.trusted_proxies),
+        server_header=False, lifespan="off", timeout_keep_alive=30,
+        limit_concurrency=1000, h11_max_incomplete_event_size=65536,
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            app.settings = config_mod.load(config_path)
+        except CocMailError:
+            return  # the main process logs why and keeps the old configuration
+
+    def orphaned() -> None:
+        if not os.read(lifeline_fd, 1):
+            loop.remove_reader(lifeline_fd)
+            server.should_exit = True
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_reader(lifeline_fd, orphaned)
+    await server.serve(sockets=[sock])
+    log.info("web view stopped")
