@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon
+from tests.helpers import Daemon, web_daemon
 
 PG_ENV = "COC_MAIL_TEST_PG"
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -88,6 +88,15 @@ def daemon(tmp_path: Path, database_url: str) -> Iterator[Daemon]:
 def sqlite_daemon(tmp_path: Path, sqlite_url: str) -> Iterator[Daemon]:
     """A started daemon on SQLite only (for behaviour that does not depend on the engine)."""
     d = Daemon(tmp_path, sqlite_url)
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def web(tmp_path: Path, sqlite_url: str) -> Iterator[Daemon]:
+    """A started daemon with the web view, in notice mode, on SQLite."""
+    d = web_daemon(tmp_path, sqlite_url)
     d.start()
     yield d
     d.stop()

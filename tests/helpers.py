@@ -393,3 +393,60 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+# -- the web view -------------------------------------------------------------------------
+def web_daemon(root: Path, database: str, **extra: dict[str, Any]) -> Daemon:
+    """A daemon with the web view on a free port and ``intake.deliver = "notice"``."""
+    port = free_port()
+    sections: dict[str, dict[str, Any]] = {
+        "web": {"listen": f"127.0.0.1:{port}"}, "intake": {"deliver": "notice"}}
+    for name, values in extra.items():
+        sections.setdefault(name, {}).update(values)
+    return Daemon(root, database, extra=sections)
+
+
+def web_url(d: Daemon) -> str:
+    return f"http://{d.extra['web']['listen']}"
+
+
+def csrf_of(html: str) -> str:
+    import re
+
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+def mailed_link(d: Daemon, address: str, seen: int = 0, timeout: float = 20) -> str:
+    """The newest sign-in link mailed to ``address`` (waiting for one beyond ``seen``)."""
+    import re
+
+    def links() -> list[str]:
+        found = []
+        for c in d.delivered():
+            if c.to == address and "sign-in link" in str(c["Subject"]):
+                found += re.findall(r"https?://\S+/login/[\w-]+", c.text)
+        return found
+
+    got = wait_for(lambda: len(links()) > seen and links(), timeout, f"a sign-in link for {address}")
+    return str(got[-1])
+
+
+def sign_in(d: Daemon, address: str) -> Any:
+    """An httpx client signed in as ``address`` the way a member does it: /login, the mailed
+    link, its button."""
+    import httpx
+
+    client = httpx.Client(base_url=web_url(d), timeout=30)
+    seen = len([c for c in d.delivered() if c.to == address
+                and "sign-in link" in str(c["Subject"])])
+    page = client.get("/login")
+    answer = client.post("/login", data={"csrf": csrf_of(page.text), "email": address})
+    assert answer.status_code == 200, answer.text
+    link = mailed_link(d, address, seen)
+    button = client.get(link)
+    assert button.status_code == 200, button.text
+    done = client.post(link, data={"csrf": csrf_of(button.text)})
+    assert done.status_code == 303 and done.headers["location"] == "/", done.text
+    return client
