@@ -429,7 +429,8 @@ def mailed_link(d: Daemon, address: str, seen: int = 0, timeout: float = 20) -> 
                 found += re.findall(r"https?://\S+/login/[\w-]+", c.text)
         return found
 
-    got = wait_for(lambda: len(links()) > seen and links(), timeout, f"a sign-in link for {address}")
+    got = wait_for(lambda: len(links()) > seen and links(), timeout,
+                   f"a sign-in link for {address}")
     return str(got[-1])
 
 
