@@ -376,5 +376,6 @@ class Web:
             Route("/status", self.status_page),
             Route("/status.{fmt}", self.status_page),
             Route("/static/{name}", self.static),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),
         ]
         return SecurityHeaders(Starlette(routes=routes), self.app.settings.web.secure)
