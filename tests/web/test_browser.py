@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, make_report, mailed_link, send_as, wait_for, web_url
+from tests.helpers import Daemon, mailed_link, make_report, send_as, wait_for, web_url
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
