@@ -30,7 +30,8 @@ EPILOG = """\
 configuration: --config PATH, else $COC_MAIL_CONFIG, else config/coc-mail.toml.
 Relative paths in the file are relative to the working directory.
 Secrets from the environment: COC_MAIL_KEY (storage key), COC_MAIL_DATABASE (database URL),
-and the variable named by delivery.password_env (relay password).
+COC_MAIL_DATABASE_PASSWORD (set into that URL, any characters), and the variable named by
+delivery.password_env (relay password).
 """
 
 
