@@ -40,8 +40,11 @@ class App:
         return self.addresses.domain
 
 
-def build(settings: Settings, *, create_keys: bool = False, migrate: bool = True) -> App:
-    """Open keys, database and templates. ``create_keys`` writes missing key files (serve)."""
+def build(
+    settings: Settings, *, create_keys: bool = False, migrate: bool = True, wait: bool = False
+) -> App:
+    """Open keys, database and templates. ``create_keys`` writes missing key files (serve);
+    ``wait`` waits up to ``storage.connect_timeout_seconds`` for the database (serve)."""
     keys, created = load_keyring(settings.storage.key_file, create=create_keys)
     if created:
         log.warning(
@@ -56,6 +59,8 @@ def build(settings: Settings, *, create_keys: bool = False, migrate: bool = True
         )
     pem = dkim.load_key(key_path)
     engine = store.make_engine(settings.database_url)
+    if wait:
+        store.wait_for_database(engine, settings.storage.connect_timeout_seconds)
     if migrate:
         store.check_key(engine, keys, before_migrations=True)
         store.migrate(engine, keys)

@@ -1,5 +1,5 @@
-"""The ``coc-mail`` command line: serve, check, dkim, cases, queue, reload, status, case show,
-discard, purge, audit."""
+"""The ``coc-mail`` command line: serve, check, healthcheck, dkim, cases, queue, reload, status,
+case show, discard, purge, audit."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ EPILOG = """\
 configuration: --config PATH, else $COC_MAIL_CONFIG, else config/coc-mail.toml.
 Relative paths in the file are relative to the working directory.
 Secrets from the environment: COC_MAIL_KEY (storage key), COC_MAIL_DATABASE (database URL),
-and the variable named by delivery.password_env (relay password).
+COC_MAIL_DATABASE_PASSWORD (set into that URL, any characters), and the variable named by
+delivery.password_env (relay password).
 """
 
 
@@ -422,6 +423,66 @@ def _signal(settings: Settings, sig: signal.Signals, *, quiet: bool = False) -> 
     return 0
 
 
+HEALTHCHECK_HELP = """\
+exit 0 when the running daemon is healthy: its SMTP listener (server.listen; 0.0.0.0 and
+:: are asked on loopback) answers with a 220 greeting, and the database answers a query.
+Otherwise exit 1 with a one-line reason. Nothing is written; no mail is sent (the session
+ends with QUIT). The Docker image's HEALTHCHECK runs it.
+"""
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    import smtplib
+
+    settings = _settings(args)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104 - a probe
+        settings.server.host, settings.server.host)
+    smtp = f"SMTP {settings.server.listen}"
+    try:
+        smtplib.SMTP(host, settings.server.port, timeout=args.timeout).quit()
+    except smtplib.SMTPConnectError as exc:
+        return _unhealthy(f"{smtp}: greeting {exc.smtp_code}, not 220")
+    except (OSError, smtplib.SMTPException) as exc:
+        return _unhealthy(f"{smtp}: {exc.strerror or exc}" if isinstance(exc, OSError)
+                          else f"{smtp}: {exc}")
+    problem = _database_answers(settings, args.timeout)
+    if problem:
+        return _unhealthy(problem)
+    print(f"healthy: {smtp} answers 220, database answers")
+    return 0
+
+
+def _database_answers(settings: Settings, timeout: float) -> str | None:
+    """None when the database answers ``SELECT 1``; else what went wrong, on one line."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    where = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:" and not Path(url.database).exists():
+            return f"database {where}: the file does not exist"  # a probe creates nothing
+        engine = sa.create_engine(url, connect_args={"timeout": timeout})
+    else:
+        if "connect_timeout" not in url.query:
+            url = url.update_query_dict({"connect_timeout": str(max(1, int(timeout)))})
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as exc:
+        lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+        return f"database {where}: {' '.join((lines or [type(exc.orig).__name__])[0].split())}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def _unhealthy(reason: str) -> int:
+    print(f"unhealthy: {reason}", file=sys.stderr)
+    return 1
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     settings = _settings(args)  # refuse to signal a daemon with a config that does not load
     if _signal(settings, signal.SIGHUP):
@@ -467,6 +528,12 @@ def parser() -> argparse.ArgumentParser:
         cmd_check,
         "validate configuration, keys, templates, database and relay; non-zero exit on error",
     )
+    hc = sub.add_parser(
+        "healthcheck", help="exit 0 if the running daemon answers SMTP and reaches its database",
+        description=HEALTHCHECK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hc.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="for each of the two probes (default: 5)")
+    hc.set_defaults(func=cmd_healthcheck)
     d = add("dkim", lambda a: _usage(d), "DKIM key management")
     dsub = d.add_subparsers(dest="dkim_command", metavar="ACTION")
     kg = dsub.add_parser("keygen", help="write a new RSA key and print its DNS TXT record")

@@ -14,12 +14,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from coc_mail.errors import ConfigError
 
 DEFAULT_CONFIG = "config/coc-mail.toml"
 ENV_CONFIG = "COC_MAIL_CONFIG"
 ENV_DATABASE = "COC_MAIL_DATABASE"
+ENV_DATABASE_PASSWORD = "COC_MAIL_DATABASE_PASSWORD"  # noqa: S105 - a variable's name
 
 _ADDRESS = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
@@ -211,6 +214,7 @@ class Storage(_Section):
 
     database: str = "sqlite:///var/coc-mail.db"
     key_file: str = "var/secret.key"
+    connect_timeout_seconds: float = Field(default=60.0, ge=0)  # serve waits for the database
 
     @field_validator("database")
     @classmethod
@@ -390,7 +394,20 @@ class Settings(_Section):
 
     @property
     def database_url(self) -> str:
-        return os.environ.get(ENV_DATABASE) or self.storage.database
+        """``$COC_MAIL_DATABASE`` or ``storage.database``, with ``$COC_MAIL_DATABASE_PASSWORD``
+        (any characters: ``@``, ``/``, ``:``, ``%`` ...) set as its password, quoted as URLs
+        need it."""
+        url = os.environ.get(ENV_DATABASE) or self.storage.database
+        password = os.environ.get(ENV_DATABASE_PASSWORD)
+        if not password or url.startswith("sqlite"):
+            return url
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):  # no scheme; a port that is not a number
+            raise ConfigError(self.source, [
+                f"storage.database (or ${ENV_DATABASE}) is not a URL like "
+                "postgresql+psycopg://user@host/db"]) from None
+        return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:

@@ -190,7 +190,7 @@ class Daemon:
 
 def serve(settings: Settings, config_path: str | None) -> None:
     lock = _lock(settings)
-    app = build(settings, create_keys=True)
+    app = build(settings, create_keys=True, wait=True)
     pid = Path(settings.server.pid_file)
     pid.parent.mkdir(parents=True, exist_ok=True)
     pid.write_text(f"{os.getpid()}\n")

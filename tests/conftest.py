@@ -71,6 +71,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (dropped afterwards); skips where PostgreSQL is absent."""
+    admin, reason = _pg_admin_url()
+    if admin is None:
+        pytest.skip(reason)
+    url, name = _fresh_pg_database(admin)
+    try:
+        yield url
+    finally:
+        _drop_pg_database(admin, name)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/var/coc-mail.db"
 

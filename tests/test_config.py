@@ -109,3 +109,44 @@ def test_daemon_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert missing.returncode == 1 and "file not found" in missing.stderr
+
+
+def test_the_database_password_comes_apart_from_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    pg = GOOD + '\n[storage]\ndatabase = "postgresql+psycopg://coc@db:5432/coc"\n'
+    monkeypatch.delenv(config.ENV_DATABASE, raising=False)
+    monkeypatch.delenv(config.ENV_DATABASE_PASSWORD, raising=False)
+    s = config.parse(pg)
+    assert s.database_url == "postgresql+psycopg://coc@db:5432/coc"
+    assert s.storage.connect_timeout_seconds == 60
+    password = "p@ss:w/rd%40#?&= x"  # each of these means something in a URL
+    monkeypatch.setenv(config.ENV_DATABASE_PASSWORD, password)
+    url = make_url(config.parse(pg).database_url)
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "coc", password, "db", 5432, "coc")
+    # $COC_MAIL_DATABASE still replaces the whole URL; the password is set into it too.
+    monkeypatch.setenv(config.ENV_DATABASE, "postgresql+psycopg://other:old@pg.internal/x")
+    url = make_url(config.parse(pg).database_url)
+    assert (url.username, url.password, url.host, url.database) == (
+        "other", password, "pg.internal", "x")
+    monkeypatch.delenv(config.ENV_DATABASE_PASSWORD)
+    assert config.parse(pg).database_url == "postgresql+psycopg://other:old@pg.internal/x"
+    # SQLite has no password: the variable does not touch its URL.
+    monkeypatch.delenv(config.ENV_DATABASE)
+    monkeypatch.setenv(config.ENV_DATABASE_PASSWORD, password)
+    assert config.parse(GOOD).database_url == "sqlite:///var/coc-mail.db"
+    monkeypatch.setenv(config.ENV_DATABASE, "postgresql+psycopg://coc@db:notaport/coc")
+    with pytest.raises(ConfigError) as err:
+        config.parse(pg).database_url  # noqa: B018
+    assert "is not a URL like postgresql+psycopg://user@host/db" in str(err.value)
+    assert password not in str(err.value)
+
+
+def test_connect_timeout_seconds_is_checked() -> None:
+    found = problems(GOOD + "\n[storage]\nconnect_timeout_seconds = -1\n")
+    assert any(p.startswith("storage.connect_timeout_seconds (line 16)") for p in found)
+    assert config.parse(GOOD + "\n[storage]\nconnect_timeout_seconds = 0\n"
+                        ).storage.connect_timeout_seconds == 0

@@ -18,6 +18,7 @@ from coc_mail.store.engine import (
     make_engine,
     make_incoming,
     migrate,
+    wait_for_database,
 )
 from coc_mail.store.tables import (
     AckBudget,
@@ -44,5 +45,5 @@ __all__ = [
     "CodeName", "DocEntry", "Inbound", "MemberRecord", "Meta", "Outbound", "ProcessedInbound",
     "SentCopy", "WebLink", "WebSession", "check_key", "check_schema", "counter",
     "deferred_blob", "drop_unused_bodies", "fill_blob", "incoming_url", "make_engine",
-    "make_incoming", "migrate", "utcnow",
+    "make_incoming", "migrate", "utcnow", "wait_for_database",
 ]

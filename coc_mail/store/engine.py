@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from coc_mail.errors import CocMailError, StorageKeyError
+from coc_mail.errors import CocMailError, StorageKeyError, StoreUnavailable
 from coc_mail.store import writelock
 from coc_mail.store.tables import Meta
+
+log = logging.getLogger(__name__)
+CONNECT_SECONDS = 10  # one connection attempt to PostgreSQL (libpq's connect_timeout)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -41,9 +46,67 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    parsed = sa.engine.make_url(url)
+    args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_SECONDS}
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True
+        url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True,
+        connect_args=args,
     )
+
+
+# A server that answers but is not ready yet says so ("the database system is starting up",
+# "... is shutting down", "... is in recovery mode", "... is not yet accepting connections");
+# one that does not answer (refused, no route, its host name not yet in DNS) may come. Any
+# other answer (a wrong password, no such database) is final: waiting does not help.
+_NOT_YET = ("starting up", "shutting down", "in recovery mode", "not yet accepting")
+
+
+def _final(reason: str) -> bool:
+    return "FATAL:" in reason and not any(words in reason for words in _NOT_YET)
+
+
+def wait_for_database(engine: Engine, seconds: float) -> None:
+    """Start-up: connect, retrying for up to ``seconds`` while the server is not there yet,
+    one log line per attempt; then raise :class:`StoreUnavailable` saying why. SQLite is
+    never waited for (a file that cannot be opened will not appear by waiting)."""
+    where = engine.url.render_as_string(hide_password=True)
+    if engine.url.get_backend_name() == "sqlite":
+        return
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    pause = 1.0
+    while True:
+        attempt += 1
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa.exc.DBAPIError as exc:
+            reason = _reason(exc)
+            left = deadline - time.monotonic()
+            if _final(reason):
+                raise StoreUnavailable(f"database {where}: {reason}") from None
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"database {where} not reachable after {attempt} attempt(s) in "
+                    f"{seconds:g} s: {reason} (storage.connect_timeout_seconds sets how long "
+                    "start-up waits)"
+                ) from None
+            log.warning("database %s not reachable yet (attempt %d: %s); retrying for %d s more",
+                        where, attempt, reason, max(1, round(left)))
+            time.sleep(min(pause, max(left, 0.1)))
+            pause = min(pause * 1.5, 5.0)
+            continue
+        if attempt > 1:
+            log.info("database %s reachable (attempt %d)", where, attempt)
+        return
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    """The driver's message on one line: its last meaningful line says what went wrong."""
+    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+    hints = ("Is the server running", "HINT:")
+    kept = [line for line in lines if not line.startswith(hints)] or lines or [type(exc).__name__]
+    return " ".join(kept[-1].removeprefix("connection failed: ").split())
 
 
 def incoming_url(url: str) -> str | None:
