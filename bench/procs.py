@@ -19,11 +19,14 @@ def listening(port: int) -> bool:
 
 def roles(pid: int) -> dict[str, int]:
     """The daemon's processes: ``intake`` (the main process), ``processing`` (worker 0),
-    ``delivery N`` (the other workers)."""
+    ``delivery N`` (the other workers), ``web`` (the web view's, when configured)."""
     found = {"intake": pid}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         index = args[args.index(b"worker") + 1].decode()
+        if b"--web-fd" in args:
+            found["web"] = int(child)
+            continue
         found["processing" if index == "0" else f"delivery {index}"] = int(child)
     return found
 

@@ -295,7 +295,7 @@ class Web(_Section):
     base_url: str | None = None  # what links in mail start with; http://<listen> when unset
     session_hours: float = Field(default=12, gt=0, le=24 * 30)
     link_minutes: float = Field(default=15, gt=0, le=24 * 60)  # a sign-in link's life
-    require_passkey: bool = False  # reserved: passkeys as a second factor are not built yet
+    require_passkey: bool = False  # every member must confirm sign-in with a passkey
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
 
     @field_validator("listen")
@@ -315,8 +315,11 @@ class Web(_Section):
 
     @model_validator(mode="after")
     def _passkeys(self) -> Web:
-        if self.require_passkey:
-            raise ValueError("require_passkey: passkeys are not available in this release")
+        host = urlsplit(self.url).hostname or ""
+        if self.require_passkey and (host.replace(".", "").isdigit() or ":" in host):
+            raise ValueError("require_passkey: passkeys need web.base_url with a domain name "
+                             "(browsers refuse them on an IP address), e.g. "
+                             "https://conduct.example.org or http://localhost:8080")
         return self
 
     @property

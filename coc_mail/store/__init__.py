@@ -35,6 +35,7 @@ from coc_mail.store.tables import (
     ProcessedInbound,
     SentCopy,
     WebLink,
+    WebPasskey,
     WebSession,
     counter,
     utcnow,
@@ -43,7 +44,7 @@ from coc_mail.store.tables import (
 __all__ = [
     "KEY_CHECK", "SCHEMA_HEAD", "AckBudget", "AuditEntry", "Body", "Case", "CaseMember",
     "CodeName", "DocEntry", "Inbound", "MemberRecord", "Meta", "Outbound", "ProcessedInbound",
-    "SentCopy", "WebLink", "WebSession", "check_key", "check_schema", "counter",
+    "SentCopy", "WebLink", "WebPasskey", "WebSession", "check_key", "check_schema", "counter",
     "deferred_blob", "drop_unused_bodies", "fill_blob", "incoming_url", "make_engine",
     "make_incoming", "migrate", "utcnow", "wait_for_database",
 ]

@@ -208,6 +208,19 @@ class WebSession(SQLModel, table=True):
     member_tag: str = Field(max_length=32, index=True)
     created_at: dt.datetime = Field(default_factory=utcnow)
     expires_at: dt.datetime = Field(index=True)
+    verified: bool = True  # False until the member's passkey answered (second factor)
+    challenge: str | None = Field(default=None, max_length=128)  # a pending WebAuthn one
+
+
+class WebPasskey(SQLModel, table=True):
+    """A member's passkey (WebAuthn credential): its id, sealed public key and counter."""
+
+    __tablename__ = "web_passkeys"
+    credential_id: str = Field(primary_key=True, max_length=1400)  # base64url
+    member_tag: str = Field(max_length=32, index=True)
+    public_key: bytes  # sealed COSE key
+    sign_count: int = 0
+    created_at: dt.datetime = Field(default_factory=utcnow)
 
 
 def counter(session: Session, tag: str, day: dt.date) -> AckBudget:

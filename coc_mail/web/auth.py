@@ -63,21 +63,29 @@ def use_link(app: App, session: Session, token: str) -> Member | None:
     return member if used.rowcount == 1 else None
 
 
-def new_session(app: App, session: Session, member: Member) -> str:
+def new_session(app: App, session: Session, member: Member, *, verified: bool = True) -> str:
+    """A session for ``member``; ``verified=False`` while their passkey has not answered."""
     token = secrets.token_urlsafe(32)
     hours = app.settings.web.session_hours
     session.add(WebSession(token_hash=_hash(token), member_tag=member_tag(app, member.handle),
-                           expires_at=utcnow() + dt.timedelta(hours=hours)))
+                           expires_at=utcnow() + dt.timedelta(hours=hours), verified=verified))
     return token
 
 
-def session_member(app: App, session: Session, token: str) -> Member | None:
-    """The member a session cookie belongs to, while it lasts and they are configured."""
+def session_of(app: App, session: Session, token: str) -> tuple[WebSession, Member] | None:
+    """A session cookie's row and member, while it lasts and the member is configured."""
     if not token:
         return None
     row = session.exec(select(WebSession).where(
         WebSession.token_hash == _hash(token), col(WebSession.expires_at) > utcnow())).first()
-    return _member(app, row.member_tag) if row else None
+    member = _member(app, row.member_tag) if row else None
+    return (row, member) if row is not None and member is not None else None
+
+
+def session_member(app: App, session: Session, token: str) -> Member | None:
+    """The member a fully signed-in session belongs to (second factor done, if any)."""
+    found = session_of(app, session, token)
+    return found[1] if found is not None and found[0].verified else None
 
 
 def end_session(session: Session, token: str) -> None:

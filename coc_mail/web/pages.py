@@ -9,6 +9,7 @@ without its CSRF token, 404 for any case, page or download the member does not r
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -24,7 +25,13 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,7 +41,7 @@ from coc_mail.cases import status as sheet
 from coc_mail.cases.commands.followup import INTERNAL_TEMPLATES
 from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
-from coc_mail.web import access, actions, auth, view
+from coc_mail.web import access, actions, auth, passkeys, view
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,8 @@ HEADERS = [
     (b"cache-control", b"no-store"),  # case documents never stay in a browser's cache
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
+SCRIPT_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+              "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 MAX_FORM = 256 << 10  # bytes of one form (a follow-up's or note's text fits many times)
 
 
@@ -208,16 +217,20 @@ class Web:
         pre = request.cookies.get(PRE_COOKIE, "")
         if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
             return self.csrf_refused(request)
+        second = False
         with Session(self.app.engine) as session:
             member = auth.use_link(self.app, session, request.path_params["token"])
-            token = auth.new_session(self.app, session, member) if member else ""
+            if member is not None:
+                second = passkeys.needs_second_factor(self.app, session, member)
+            token = auth.new_session(self.app, session, member,
+                                     verified=not second) if member else ""
             session.commit()
         if member is None:
             return self.page("refused.html", request, 404, member=None, csrf="",
                              why="This sign-in link is not valid: it was used already, it "
                                  "expired, or it is not complete. Ask for a new one.")
-        log.info("web: a member signed in")
-        response = RedirectResponse("/", 303)
+        log.info("web: a member signed in%s", " (passkey next)" if second else "")
+        response = RedirectResponse("/passkey" if second else "/", 303)
         self._cookie(response, SESSION_COOKIE, token,
                      int(self.app.settings.web.session_hours * 3600))
         response.delete_cookie(PRE_COOKIE, path="/", httponly=True, samesite="strict")
@@ -236,8 +249,160 @@ class Web:
         return response
 
     # -- pages ----------------------------------------------------------------------------
-    def _signed_out(self) -> Response:
-        return RedirectResponse("/login", 303)
+    def _signed_out(self, request: Request) -> Response:
+        """Where a request without a full session goes: its passkey step when the link was
+        followed already, else the sign-in page."""
+        found = self._half(request)
+        return RedirectResponse("/passkey" if found is not None else "/login", 303)
+
+    # -- passkeys -------------------------------------------------------------------------
+    def _half(self, request: Request) -> tuple[Any, Member] | None:
+        """A session that may be waiting for its passkey (None: signed out)."""
+        with Session(self.app.engine) as session:
+            return auth.session_of(self.app, session, request.cookies.get(SESSION_COOKIE, ""))
+
+    async def _json(self, request: Request) -> dict[str, Any] | None:
+        """A posted JSON object whose ``csrf`` is right, or None."""
+        body = await request.body()
+        if len(body) > 64 << 10 or not request.headers.get("content-type", "").startswith(
+                "application/json"):
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if not isinstance(data, dict) or not auth.csrf_ok(self.app, cookie,
+                                                          str(data.get("csrf", ""))):
+            return None
+        return data
+
+    def _script_page(self, template: str, request: Request, **context: Any) -> Response:
+        response = self.page(template, request, **context)
+        response.headers["content-security-policy"] = SCRIPT_CSP
+        return response
+
+    def passkey_page(self, request: Request) -> Response:
+        found = self._half(request)
+        if found is None:
+            return self._signed_out(request)
+        row, member = found
+        if row.verified:
+            return RedirectResponse("/", 303)
+        with Session(self.app.engine) as session:
+            keys = passkeys.of(self.app, session, member)
+        if not keys:  # web.require_passkey and none registered yet: register one first
+            return RedirectResponse("/account", 303)
+        return self._script_page("passkey.html", request, member=None, name=member.name,
+                                 csrf=self._csrf(request))
+
+    async def passkey_options(self, request: Request) -> Response:
+        data = await self._json(request)
+        found = self._half(request)
+        if data is None or found is None:
+            return JSONResponse({"error": "sign in again"}, 403)
+        with Session(self.app.engine) as session:
+            row, member = auth.session_of(self.app, session, request.cookies[SESSION_COOKIE]) \
+                or found
+            options = passkeys.authentication_options(self.app, session, row, member)
+            session.commit()
+        return Response(options, media_type="application/json")
+
+    async def passkey_verify(self, request: Request) -> Response:
+        data = await self._json(request)
+        if data is None or not isinstance(data.get("credential"), dict):
+            return JSONResponse({"error": "sign in again"}, 403)
+        with Session(self.app.engine) as session:
+            found = auth.session_of(self.app, session, request.cookies.get(SESSION_COOKIE, ""))
+            if found is None:
+                return JSONResponse({"error": "sign in again"}, 403)
+            row, member = found
+            why = passkeys.authenticate(self.app, session, row, member, data["credential"])
+            session.commit()
+        if why:
+            log.warning("web: a passkey answer was refused")
+            return JSONResponse({"error": why}, 400)
+        log.info("web: a member confirmed with a passkey")
+        return JSONResponse({"ok": True})
+
+    def _account_session(self, request: Request) -> tuple[Any, Member, bool] | None:
+        """The session allowed on the account page, and whether it is there to enrol (a
+        committee that requires passkeys, a member who has none yet)."""
+        found = self._half(request)
+        if found is None:
+            return None
+        row, member = found
+        if row.verified:
+            return row, member, False
+        with Session(self.app.engine) as session:
+            none_yet = not passkeys.of(self.app, session, member)
+        if self.app.settings.web.require_passkey and none_yet:
+            return row, member, True
+        return None
+
+    def account(self, request: Request) -> Response:
+        found = self._account_session(request)
+        if found is None:
+            return self._signed_out(request)
+        _, member, enrol = found
+        with Session(self.app.engine) as session:
+            keys = passkeys.of(self.app, session, member)
+        return self._script_page(
+            "account.html", request, member=None if enrol else member, name=member.name,
+            email=member.email, csrf=self._csrf(request), passkeys=keys, enrol=enrol,
+            usable=passkeys.usable(self.app), flash=self._take_flash(request))
+
+    async def passkey_register_options(self, request: Request) -> Response:
+        data = await self._json(request)
+        found = self._account_session(request)
+        if data is None or found is None or not passkeys.usable(self.app):
+            return JSONResponse({"error": "sign in again"}, 403)
+        with Session(self.app.engine) as session:
+            again = auth.session_of(self.app, session, request.cookies[SESSION_COOKIE])
+            if again is None:
+                return JSONResponse({"error": "sign in again"}, 403)
+            options = passkeys.registration_options(self.app, session, *again)
+            session.commit()
+        return Response(options, media_type="application/json")
+
+    async def passkey_register(self, request: Request) -> Response:
+        data = await self._json(request)
+        found = self._account_session(request)
+        if data is None or found is None or not isinstance(data.get("credential"), dict):
+            return JSONResponse({"error": "sign in again"}, 403)
+        with Session(self.app.engine) as session:
+            again = auth.session_of(self.app, session, request.cookies[SESSION_COOKIE])
+            if again is None:
+                return JSONResponse({"error": "sign in again"}, 403)
+            row, member = again
+            why = passkeys.register(self.app, session, row, member, data["credential"])
+            if not why and found[2]:
+                row.verified = True  # enrolled: signed in with the link and the new passkey
+                session.add(row)
+            session.commit()
+        if why:
+            return JSONResponse({"error": why}, 400)
+        log.info("web: a member added a passkey")
+        self._put_flash(request, ["Passkey added: it is asked for at every sign-in."])
+        return JSONResponse({"ok": True})
+
+    async def passkey_remove(self, request: Request) -> Response:
+        member = self.member(request)
+        if member is None:
+            return self._signed_out(request)
+        fields = await self.form(request)
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
+            return self.csrf_refused(request)
+        with Session(self.app.engine) as session:
+            if self.app.settings.web.require_passkey and len(
+                    passkeys.of(self.app, session, member)) <= 1:
+                self._put_flash(request, ["Not removed: this committee requires a passkey; "
+                                          "add another one first."])
+            elif passkeys.remove(self.app, session, member, fields.get("id", "")):
+                session.commit()
+                self._put_flash(request, ["Passkey removed."])
+        return RedirectResponse("/account", 303)
 
     def _take_flash(self, request: Request) -> list[str]:
         key = auth._hash(request.cookies.get(SESSION_COOKIE, ""))
@@ -254,7 +419,7 @@ class Web:
     def home(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
-            return self._signed_out()
+            return self._signed_out(request)
         with Session(self.app.engine) as session:
             cases = access.cases_of(self.app, session, member)
             onboarded = access.onboarded(self.app, session, member)
@@ -265,7 +430,7 @@ class Web:
     def case_page(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
-            return self._signed_out()
+            return self._signed_out(request)
         with Session(self.app.engine) as session:
             case = access.case_of(self.app, session, member, request.path_params["code"])
             if case is None:
@@ -282,7 +447,7 @@ class Web:
     def download(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
-            return self._signed_out()
+            return self._signed_out(request)
         with Session(self.app.engine) as session:
             case = access.case_of(self.app, session, member, request.path_params["code"])
             found = view.attachment(self.app, case, request.path_params["index"]) if case else None
@@ -296,7 +461,7 @@ class Web:
     async def command(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
-            return self._signed_out()
+            return self._signed_out(request)
         fields = await self.form(request)
         cookie = request.cookies.get(SESSION_COOKIE, "")
         if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
@@ -334,7 +499,7 @@ class Web:
     def status_page(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
-            return self._signed_out()
+            return self._signed_out(request)
         fmt = request.path_params.get("fmt", "")
         with Session(self.app.engine) as session:
             if not access.onboarded(self.app, session, member):
@@ -357,9 +522,10 @@ class Web:
 
     def static(self, request: Request) -> Response:
         name = request.path_params["name"]
-        if name != "style.css":
+        if name not in ("style.css", "passkey.js"):
             return Response("", 404)
-        return FileResponse(STATIC / name, media_type="text/css",
+        return FileResponse(STATIC / name, media_type="text/css" if name.endswith(".css")
+                            else "text/javascript",
                             headers={"cache-control": "max-age=3600"})
 
     def asgi(self) -> ASGIApp:
@@ -373,6 +539,13 @@ class Web:
             Route("/cases/{code}", self.case_page),
             Route("/cases/{code}/files/{index:int}", self.download),
             Route("/cases/{code}/{command}", self.command, methods=["POST"]),
+            Route("/passkey", self.passkey_page, methods=["GET"]),
+            Route("/passkey/options", self.passkey_options, methods=["POST"]),
+            Route("/passkey/verify", self.passkey_verify, methods=["POST"]),
+            Route("/account", self.account, methods=["GET"]),
+            Route("/account/passkeys/options", self.passkey_register_options, methods=["POST"]),
+            Route("/account/passkeys", self.passkey_register, methods=["POST"]),
+            Route("/account/passkeys/remove", self.passkey_remove, methods=["POST"]),
             Route("/status", self.status_page),
             Route("/status.{fmt}", self.status_page),
             Route("/static/{name}", self.static),

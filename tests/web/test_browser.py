@@ -146,3 +146,115 @@ def test_a_case_in_the_browser(web: Daemon, browsers: list, tmp_path: Path) -> N
     if keep:
         for shot in shots:
             shutil.copy(shot, Path(keep) / shot.name)
+
+
+def authenticator(driver) -> None:  # type: ignore[no-untyped-def]
+    """A virtual platform authenticator (Chrome's WebAuthn testing API): a passkey that
+    verifies its user."""
+    from selenium.webdriver.common.virtual_authenticator import (
+        Protocol,
+        Transport,
+        VirtualAuthenticatorOptions,
+    )
+
+    options = VirtualAuthenticatorOptions(
+        protocol=Protocol.CTAP2, transport=Transport.INTERNAL, has_resident_key=True,
+        has_user_verification=True, is_user_verified=True)
+    driver.add_virtual_authenticator(options)
+
+
+def localhost_web(tmp_path: Path, sqlite_url: str, **web: object) -> Daemon:
+    """A web view at http://localhost:PORT (passkeys need a domain name, not 127.0.0.1)."""
+    from tests.helpers import free_port, web_daemon
+
+    port = free_port()
+    return web_daemon(tmp_path, sqlite_url, web={
+        "listen": f"127.0.0.1:{port}", "base_url": f"http://localhost:{port}", **web})
+
+
+def test_a_passkey_is_asked_for_after_the_link(tmp_path: Path, sqlite_url: str,
+                                               browsers: list) -> None:  # type: ignore[type-arg]
+    """Ada adds a passkey on her account page; from then on the mailed link alone signs in
+    nobody: the session waits for the passkey (every page sends it there), and the passkey
+    finishes the sign-in."""
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    from tests.helpers import csrf_of
+
+    d = localhost_web(tmp_path, sqlite_url).start()
+    try:
+        base = web_url(d).replace("127.0.0.1", "localhost")
+        (make,) = browsers
+        ada = make()
+        authenticator(ada)
+        ada.get(base + "/login")
+        ada.find_element(By.NAME, "email").send_keys("ada@example.net")
+        ada.find_element(By.CSS_SELECTOR, "form button").click()
+        shows(ada, By.TAG_NAME, "h1", "Check your mail")
+        ada.get(mailed_link(d, "ada@example.net"))
+        ada.find_element(By.ID, "sign-in").click()
+        shows(ada, By.TAG_NAME, "h1", "Your cases")
+        ada.find_element(By.LINK_TEXT, "Account").click()
+        shows(ada, By.ID, "no-passkeys", "No passkey yet")
+        ada.find_element(By.ID, "passkey").click()
+        shows(ada, By.CLASS_NAME, "answer", "Passkey added")
+        assert ada.find_elements(By.CSS_SELECTOR, "table.passkeys tbody tr")
+        ada.find_element(By.CSS_SELECTOR, "header form button").click()  # sign out
+        shows(ada, By.TAG_NAME, "h1", "Sign in")
+
+        # The link alone: every page sends the half-signed-in session to its passkey step.
+        client = httpx.Client(base_url=base, timeout=30)
+        page = client.get("/login")
+        client.post("/login", data={"csrf": csrf_of(page.text), "email": "ada@example.net"})
+        link = mailed_link(d, "ada@example.net", seen=1)
+        button = client.get(link)
+        r = client.post(link, data={"csrf": csrf_of(button.text)})
+        assert r.status_code == 303 and r.headers["location"] == "/passkey"
+        for path in ("/", "/status", "/cases/any-thing", "/account"):
+            r = client.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/passkey", path
+        assert "script-src 'self'" in client.get("/passkey").headers["content-security-policy"]
+        forged = client.post("/passkey/verify", json={"csrf": "x", "credential": {}})
+        assert forged.status_code == 403
+
+        ada.get(base + "/login")
+        ada.find_element(By.NAME, "email").send_keys("ada@example.net")
+        ada.find_element(By.CSS_SELECTOR, "form button").click()
+        shows(ada, By.TAG_NAME, "h1", "Check your mail")
+        ada.get(mailed_link(d, "ada@example.net", seen=2))
+        ada.find_element(By.ID, "sign-in").click()
+        shows(ada, By.TAG_NAME, "h1", "Confirm with your passkey")
+        ada.find_element(By.ID, "passkey").click()
+        shows(ada, By.TAG_NAME, "h1", "Your cases")
+        problems = [e["message"] for e in ada.get_log("browser") if e["level"] == "SEVERE"]
+        assert not problems, problems
+    finally:
+        d.stop()
+
+
+def test_require_passkey_enrols_at_the_first_sign_in(tmp_path: Path, sqlite_url: str,
+                                                     browsers: list) -> None:  # type: ignore[type-arg]
+    from selenium.webdriver.common.by import By
+
+    d = localhost_web(tmp_path, sqlite_url, require_passkey=True).start()
+    try:
+        base = web_url(d).replace("127.0.0.1", "localhost")
+        (make,) = browsers
+        grace = make()
+        authenticator(grace)
+        grace.get(base + "/login")
+        grace.find_element(By.NAME, "email").send_keys("grace@example.net")
+        grace.find_element(By.CSS_SELECTOR, "form button").click()
+        shows(grace, By.TAG_NAME, "h1", "Check your mail")
+        grace.get(mailed_link(d, "grace@example.net"))
+        grace.find_element(By.ID, "sign-in").click()
+        shows(grace, By.CLASS_NAME, "refusal", "asks every member for a passkey")
+        grace.get(base + "/")  # nothing else until a passkey is added
+        shows(grace, By.TAG_NAME, "h1", "Your account")
+        grace.find_element(By.ID, "passkey").click()
+        shows(grace, By.CLASS_NAME, "answer", "Passkey added")
+        grace.get(base + "/")
+        shows(grace, By.TAG_NAME, "h1", "Your cases")
+    finally:
+        d.stop()
