@@ -3,15 +3,19 @@ that applies a transition."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import logging
 from enum import StrEnum
 
 from sqlalchemy import insert
-from sqlmodel import Session, select
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
 
 from coc_mail.app import App
 from coc_mail.cases.codenames import new_code_name
 from coc_mail.store import Case, CaseMember, CodeName, utcnow
+from coc_mail.store.crypto import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,12 @@ def unused_code_name(session: Session) -> str:
 
 
 def member_tag(app: App, handle: str) -> str:
-    return app.keys.tag("member", handle)
+    return _member_tag(app.keys, handle)
+
+
+@functools.lru_cache(maxsize=4096)
+def _member_tag(keys: Keyring, handle: str) -> str:  # asked for every member, often
+    return keys.tag("member", handle)
 
 
 def set_standing(app: App, session: Session, case: Case, handle: str, standing: Standing) -> None:
@@ -124,8 +133,37 @@ def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:
     return result
 
 
+def receiving(status: str) -> set[Standing]:
+    """The standings that receive a case in ``status``: while it is New, those who got the
+    report at intake; from the conflict check on, the cleared members only."""
+    return RECEIVING if status == Status.NEW else {Standing.CLEARED}
+
+
 def receiving_members(app: App, session: Session, case: Case) -> list[str]:
-    """Handles of the members who receive case mail now: while the case is New, those who
-    got the report at intake; from the conflict check on, the cleared members only."""
-    wanted = RECEIVING if case.status == Status.NEW else {Standing.CLEARED}
+    """Handles of the members who receive case mail now (see :func:`receiving`)."""
+    wanted = receiving(case.status)
     return [h for h, s in standings(app, session, case).items() if s in wanted]
+
+
+def receives(app: App, session: Session, case: Case, handle: str) -> bool:
+    """Whether member ``handle`` receives ``case`` now: :func:`receiving_members` for one
+    member, read from their one row (what the web view asks on every request)."""
+    state = session.exec(select(CaseMember.state).where(
+        CaseMember.case_id == case.id, CaseMember.member_tag == member_tag(app, handle))).first()
+    return state is not None and Standing(app.keys.open_text(state, STATE)) in receiving(
+        case.status)
+
+
+def received_cases(app: App, session: Session, handle: str
+                   ) -> list[tuple[str, str, dt.datetime, dt.datetime]]:
+    """The cases member ``handle`` receives now, newest first, as (code name, status,
+    opened, last activity): one query over their own rows, no report read."""
+    rows = session.execute(
+        sa_select(col(Case.code_name), col(Case.status), col(Case.opened_at),
+                  col(Case.updated_at), col(CaseMember.state))
+        .join(CaseMember, col(CaseMember.case_id) == col(Case.id))
+        .where(col(CaseMember.member_tag) == member_tag(app, handle))
+        .order_by(col(Case.opened_at).desc(), col(Case.id).desc())
+    ).all()
+    return [(code, status, opened, updated) for code, status, opened, updated, state in rows
+            if Standing(app.keys.open_text(state, STATE)) in receiving(status)]

@@ -86,10 +86,11 @@ def rows(app: App, session: Session) -> list[list[str]]:
 
 def warnings(app: App, session: Session, chosen: Iterable[SheetRow]) -> list[str]:
     """Fields that name a reported person, hold an address or use gendered words."""
-    names = [
+    names = [  # only the sealed names are read (a full row would bring its report too)
         Person.named(p).name
-        for c in session.exec(select(Case).where(col(Case.reported).is_not(None)))
-        for p in document.reported_people(app.keys, c)
+        for sealed in session.exec(select(Case.reported).where(col(Case.reported).is_not(None)))
+        if sealed
+        for p in app.keys.open_text(sealed, "cases.reported").split("\n") if p
     ]
     names = [n for n in names if n.strip()]
     found: list[str] = []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session, col, select
+import datetime as dt
+
+from sqlmodel import Session, select
 
 from coc_mail.app import App
+from coc_mail.cases import standing
 from coc_mail.cases.members import pending_members
-from coc_mail.cases.standing import receiving_members
 from coc_mail.config import Member
 from coc_mail.store import Case
 
@@ -14,13 +16,13 @@ from coc_mail.store import Case
 def receives(app: App, session: Session, case: Case, member: Member) -> bool:
     """Whether ``member`` receives ``case`` now (cleared, not recused, conflicted, excluded or
     silent, and still in the configuration): the mail rule, unchanged."""
-    return member.handle in receiving_members(app, session, case)
+    return standing.receives(app, session, case, member.handle)
 
 
-def cases_of(app: App, session: Session, member: Member) -> list[Case]:
-    """The cases ``member`` receives, newest first."""
-    cases = session.exec(select(Case).order_by(col(Case.opened_at).desc())).all()
-    return [c for c in cases if receives(app, session, c, member)]
+def cases_of(app: App, session: Session, member: Member
+             ) -> list[tuple[str, str, dt.datetime, dt.datetime]]:
+    """The cases ``member`` receives, newest first: (code name, status, opened, updated)."""
+    return standing.received_cases(app, session, member.handle)
 
 
 def case_of(app: App, session: Session, member: Member, code_name: str) -> Case | None:

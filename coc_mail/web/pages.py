@@ -421,9 +421,8 @@ class Web:
         if member is None:
             return self._signed_out(request)
         with Session(self.app.engine) as session:
-            cases = access.cases_of(self.app, session, member)
+            rows = access.cases_of(self.app, session, member)
             onboarded = access.onboarded(self.app, session, member)
-            rows = [(c.code_name, c.status, c.opened_at, c.updated_at) for c in cases]
         return self.page("cases.html", request, member=member, csrf=self._csrf(request),
                          cases=rows, onboarded=onboarded, flash=self._take_flash(request))
 
