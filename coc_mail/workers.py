@@ -47,9 +47,12 @@ DELIVER = b"d"
 RESTART_DELAY = 1.0
 ORPHAN_GRACE = 2.0  # seconds a worker whose main process died may take to stop
 # Under a flood the CPU goes first to the SMTP listener (nothing refused, nothing slow to
-# answer), then to the processor (the one serial stage), then to delivery.
+# answer), then to the processor (the one serial stage), then to delivery and the web view.
 PROCESSOR_NICE = 2
 DELIVERY_NICE = 6
+# Pages for members reading take their turn with delivery: a flood is accepted and processed
+# first, and browsing does not slow the mail it brings.
+WEB_NICE = DELIVERY_NICE
 
 
 def worker_count(settings: Settings) -> int:
@@ -268,6 +271,8 @@ def run_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops us
     if web_fd is not None:  # the web view's process
         from coc_mail.web.server import serve
+
+        os.nice(WEB_NICE)
 
         run_loop(lambda: serve(settings, config_path, web_fd, lifeline_fd,
                                lambda: poke(peer_fds, DELIVER)))
