@@ -154,16 +154,23 @@ def receives(app: App, session: Session, case: Case, handle: str) -> bool:
         case.status)
 
 
-def received_cases(app: App, session: Session, handle: str
+def received_cases(app: App, session: Session, handle: str, limit: int | None = None
                    ) -> list[tuple[str, str, dt.datetime, dt.datetime]]:
     """The cases member ``handle`` receives now, newest first, as (code name, status,
-    opened, last activity): one query over their own rows, no report read."""
+    opened, last activity): one query over their own rows, no report read; at most
+    ``limit`` of them (rows are opened only until that many are found)."""
+    found: list[tuple[str, str, dt.datetime, dt.datetime]] = []
     rows = session.execute(
         sa_select(col(Case.code_name), col(Case.status), col(Case.opened_at),
                   col(Case.updated_at), col(CaseMember.state))
         .join(CaseMember, col(CaseMember.case_id) == col(Case.id))
         .where(col(CaseMember.member_tag) == member_tag(app, handle))
         .order_by(col(Case.opened_at).desc(), col(Case.id).desc())
-    ).all()
-    return [(code, status, opened, updated) for code, status, opened, updated, state in rows
-            if Standing(app.keys.open_text(state, STATE)) in receiving(status)]
+    )
+    for code, status, opened, updated, state in rows:
+        if Standing(app.keys.open_text(state, STATE)) in receiving(status):
+            found.append((code, status, opened, updated))
+            if limit is not None and len(found) >= limit:
+                break
+    rows.close()
+    return found

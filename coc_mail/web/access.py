@@ -19,10 +19,10 @@ def receives(app: App, session: Session, case: Case, member: Member) -> bool:
     return standing.receives(app, session, case, member.handle)
 
 
-def cases_of(app: App, session: Session, member: Member
+def cases_of(app: App, session: Session, member: Member, limit: int | None = None
              ) -> list[tuple[str, str, dt.datetime, dt.datetime]]:
     """The cases ``member`` receives, newest first: (code name, status, opened, updated)."""
-    return standing.received_cases(app, session, member.handle)
+    return standing.received_cases(app, session, member.handle, limit)
 
 
 def case_of(app: App, session: Session, member: Member, code_name: str) -> Case | None:

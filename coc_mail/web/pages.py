@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import func, select
 from sqlmodel import Session
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -41,6 +42,7 @@ from coc_mail.cases import status as sheet
 from coc_mail.cases.commands.followup import INTERNAL_TEMPLATES
 from coc_mail.config import Member
 from coc_mail.delivery.outbox import Outbox
+from coc_mail.store import Case
 from coc_mail.web import access, actions, auth, passkeys, view
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ HEADERS = [
 ]
 SCRIPT_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
               "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SHOWN = 100  # cases on the case list and rows on the status page (downloads hold them all)
 MAX_FORM = 256 << 10  # bytes of one form (a follow-up's or note's text fits many times)
 
 
@@ -421,10 +424,13 @@ class Web:
         if member is None:
             return self._signed_out(request)
         with Session(self.app.engine) as session:
-            rows = access.cases_of(self.app, session, member)
+            rows = access.cases_of(self.app, session, member, SHOWN + 1)
             onboarded = access.onboarded(self.app, session, member)
+        more = len(rows) > SHOWN
+        rows = rows[:SHOWN]
         return self.page("cases.html", request, member=member, csrf=self._csrf(request),
-                         cases=rows, onboarded=onboarded, flash=self._take_flash(request))
+                         cases=rows, more=more, onboarded=onboarded,
+                         flash=self._take_flash(request))
 
     def case_page(self, request: Request) -> Response:
         member = self.member(request)
@@ -506,9 +512,13 @@ class Web:
                                  csrf=self._csrf(request),
                                  why="Answer your onboarding mail first (/conflicts ...): "
                                      "the status sheet is for onboarded members.")
-            all_cases = sheet.cases(self.app, session)
+            if fmt in ("csv", "xlsx"):
+                all_cases = sheet.cases(self.app, session)
+            else:
+                all_cases = sheet.cases(self.app, session, newest=SHOWN)
+                total = session.execute(select(func.count()).select_from(Case)).scalar_one()
             table = [sheet.row_of(c) for c in all_cases]
-            warnings = sheet.warnings(self.app, session, all_cases)
+            warnings = [] if fmt else sheet.warnings(self.app, session, all_cases)
         if fmt in ("csv", "xlsx"):
             media = {"csv": "text/csv; charset=utf-8", "xlsx": "application/vnd."
                      "openxmlformats-officedocument.spreadsheetml.sheet"}[fmt]
@@ -517,7 +527,7 @@ class Web:
         if fmt:
             return self.not_found(request, member)
         return self.page("status.html", request, member=member, csrf=self._csrf(request),
-                         columns=sheet.COLUMNS, rows=table, warnings=warnings)
+                         columns=sheet.COLUMNS, rows=table, warnings=warnings, total=total)
 
     def static(self, request: Request) -> Response:
         name = request.path_params["name"]
