@@ -275,3 +275,23 @@ def test_a_copy_mode_daemon_still_sends_the_report_inline(tmp_path: Path,
         assert REPORT in copies["ada@example.net"][0].text
     finally:
         d.stop()
+
+
+def test_the_status_sheet_waits_for_onboarding(web: Daemon) -> None:
+    """A member added to the file gets onboarding mail; until they answer it the status
+    sheet (page and downloads) is refused and no case is theirs; after /conflicts none it
+    opens."""
+    code = open_case(web)
+    web.members.append({"name": "Hal Newcomer", "email": "hal@example.net"})
+    web.write()
+    web.cli("reload")
+    onboarding = wait_for(lambda: next((c for c in web.delivered()
+                                        if c.to == "hal@example.net"), None), 20, "onboarding")
+    hal = sign_in(web, "hal@example.net")
+    for path in ("/status", "/status.csv", "/status.xlsx"):
+        r = hal.get(path)
+        assert r.status_code == 403 and "onboarding" in r.text, path
+    assert hal.get(f"/cases/{slug(code)}").status_code == 404
+    send_as(web, "hal", onboarding["Reply-To"].addresses[0].addr_spec, "/conflicts none")
+    wait_for(lambda: hal.get("/status").status_code == 200, 20, "the sheet to open")
+    assert code in hal.get("/status.csv").text
