@@ -275,6 +275,12 @@ def body(raw: bytes | EmailMessage, guards: Iterable[quotes.Guard] = ()) -> Body
             lines.pop()
         found = Body(lines, len(lines))
     stop = min(found.stop, quotes.first_quote(found.lines[:found.stop], guards))
+    first = next((i for i, line in enumerate(found.lines[:found.stop]) if line.strip()), None)
+    if first is not None and stop == first and found.lines[first].lstrip().startswith("/"):
+        # A command's own line is never quoted mail: joined with the lines below it, "/note
+        # summary" + "The reporter wrote:" would read as an attribution and hide the command.
+        rest = found.lines[first + 1:found.stop]
+        stop = first + 1 + quotes.first_quote(rest, guards)
     return Body(found.lines, stop)
 
 

@@ -11,8 +11,10 @@ page of another site can neither read nor forge it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -21,24 +23,36 @@ from collections import deque
 from sqlmodel import Session, col, delete, select, update
 
 from coc_mail.app import App
-from coc_mail.cases.standing import member_tag
 from coc_mail.config import Member
 from coc_mail.store import WebLink, WebSession, utcnow
+from coc_mail.store.crypto import Keyring
 
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def member_key(app: App, member: Member) -> str:
+    """The keyed tag links, sessions and passkeys are kept under: of the member's handle and
+    address together, so a member who leaves and a newcomer given the same handle later
+    never share a session, a link or a passkey."""
+    return _key(app.keys, member.handle, member.email)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(keys: Keyring, handle: str, email: str) -> str:
+    return keys.tag("web-member", handle, email)
+
+
 def _member(app: App, tag: str) -> Member | None:
-    """The configured member whose keyed tag this is (None once they left the file)."""
-    return next((m for m in app.settings.members if member_tag(app, m.handle) == tag), None)
+    """The configured member whose key this is (None once they left the file)."""
+    return next((m for m in app.settings.members if member_key(app, m) == tag), None)
 
 
 def new_link(app: App, session: Session, member: Member) -> str:
     token = secrets.token_urlsafe(32)
     minutes = app.settings.web.link_minutes
-    session.add(WebLink(token_hash=_hash(token), member_tag=member_tag(app, member.handle),
+    session.add(WebLink(token_hash=_hash(token), member_tag=member_key(app, member),
                         expires_at=utcnow() + dt.timedelta(minutes=minutes)))
     return token
 
@@ -67,7 +81,7 @@ def new_session(app: App, session: Session, member: Member, *, verified: bool = 
     """A session for ``member``; ``verified=False`` while their passkey has not answered."""
     token = secrets.token_urlsafe(32)
     hours = app.settings.web.session_hours
-    session.add(WebSession(token_hash=_hash(token), member_tag=member_tag(app, member.handle),
+    session.add(WebSession(token_hash=_hash(token), member_tag=member_key(app, member),
                            expires_at=utcnow() + dt.timedelta(hours=hours), verified=verified))
     return token
 
@@ -101,6 +115,17 @@ def sweep(session: Session) -> None:
         col(WebSession.expires_at) < now))
 
 
+def forget_departed(app: App, session: Session) -> int:
+    """Delete the sessions and links of members no longer in the configuration (at reload):
+    the same member added back later starts signed out."""
+    keys = [member_key(app, m) for m in app.settings.members]
+    count = 0
+    for table in (WebSession, WebLink):
+        result = session.exec(delete(table).where(col(table.member_tag).not_in(keys)))
+        count += result.rowcount or 0
+    return count
+
+
 def csrf_token(app: App, cookie: str) -> str:
     return app.keys.tag("csrf", cookie)
 
@@ -110,22 +135,46 @@ def csrf_ok(app: App, cookie: str, sent: str) -> bool:
 
 
 class RateLimit:
-    """At most ``count`` events per ``seconds`` for each key (in this process)."""
+    """At most ``count`` events per ``seconds`` for each key (in this process).
 
-    def __init__(self, count: int, seconds: float) -> None:
-        self.count, self.seconds = count, seconds
+    At most ``keys`` keys are tracked: when full, keys whose events have all aged out are
+    forgotten; if none has, a new key is refused (a spray of addresses cannot flush the
+    limits of the ones it wants to use)."""
+
+    def __init__(self, count: int, seconds: float, keys: int = 10_000) -> None:
+        self.count, self.seconds, self.keys = count, seconds, keys
         self.events: dict[str, deque[float]] = {}
         self.lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
         now = time.monotonic()
         with self.lock:
-            if len(self.events) > 10_000:  # a spray of keys: start over rather than grow
-                self.events.clear()
-            seen = self.events.setdefault(key, deque())
+            seen = self.events.get(key)
+            if seen is None:
+                if len(self.events) >= self.keys:
+                    cutoff = now - self.seconds
+                    for old in [k for k, v in self.events.items() if not v or v[-1] <= cutoff]:
+                        del self.events[old]
+                    if len(self.events) >= self.keys:
+                        return False
+                seen = self.events[key] = deque()
             while seen and seen[0] <= now - self.seconds:
                 seen.popleft()
             if len(seen) >= self.count:
                 return False
             seen.append(now)
             return True
+
+
+def client_key(host: str) -> str:
+    """What the per-client limit counts: an IPv4 address, or an IPv6 address's /64 (one
+    subscriber's whole network)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)

@@ -17,14 +17,13 @@ from collections.abc import Callable
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import func, select
 from sqlmodel import Session
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -47,7 +46,7 @@ from coc_mail.web import access, actions, auth, passkeys, view
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "coc_session"
+SESSION_COOKIE = "coc_session"  # under https: "__Host-coc_session" (no other host may set it)
 PRE_COOKIE = "coc_pre"  # before sign-in: what the sign-in forms' CSRF tokens are tied to
 STATIC = Path(__file__).parent / "static"
 HEADERS = [
@@ -90,6 +89,62 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+BODY = "coc_mail.body"  # the scope key of a request's buffered body
+
+
+class BodyLimit:
+    """Reads every request's body before the app sees it, at most ``limit`` bytes (``413``
+    beyond, whatever Content-Length says or chunked transfer hides), into the scope: the
+    handlers then parse it without awaiting, so they can all run in the thread pool and a
+    database wait never holds the event loop."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        chunks, size, more = [], 0, declared.isdigit() and int(declared) <= self.limit
+        if not more:
+            await _too_big(send)
+            return
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _too_big(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        scope[BODY] = b"".join(chunks)
+        given = False
+
+        async def replay() -> Message:
+            """The body once, then the client's own messages (its disconnect)."""
+            nonlocal given
+            if given:
+                return await receive()
+            given = True
+            return {"type": "http.request", "body": scope[BODY], "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_big(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": b"Request too large.\n"})
+
+
+def _body(request: Request) -> bytes:
+    return bytes(request.scope.get(BODY, b""))
+
+
 class Web:
     """The web view of one daemon: its routes, templates, rate limits and flash answers."""
 
@@ -109,6 +164,12 @@ class Web:
     def secure(self) -> bool:
         return self.app.settings.web.secure
 
+    @property
+    def cookie(self) -> str:
+        """The session cookie's name: with the ``__Host-`` prefix under https, so a page of a
+        sibling subdomain can neither set nor shadow it."""
+        return f"__Host-{SESSION_COOKIE}" if self.secure else SESSION_COOKIE
+
     def page(self, template: str, request: Request, status: int = 200,
              **context: Any) -> Response:
         html = self.env.get_template(template).render(
@@ -124,23 +185,33 @@ class Web:
                             samesite="strict", secure=self.secure)
 
     def _csrf(self, request: Request) -> str:
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+        cookie = request.cookies.get(self.cookie, "")
         return auth.csrf_token(self.app, cookie) if cookie else ""
 
     def member(self, request: Request) -> Member | None:
-        token = request.cookies.get(SESSION_COOKIE, "")
+        """The fully signed-in member (link, and passkey where one is asked for)."""
+        token = request.cookies.get(self.cookie, "")
         if not token:
             return None
         with Session(self.app.engine) as session:
-            return auth.session_member(self.app, session, token)
+            member = auth.session_member(self.app, session, token)
+            if (member is not None and self.app.settings.web.require_passkey
+                    and not passkeys.of(self.app, session, member)):
+                return None  # required since this session began: enrol first
+            return member
 
-    async def form(self, request: Request) -> dict[str, str] | None:
-        """The posted form, or None when it is too big or its CSRF token is wrong."""
-        if int(request.headers.get("content-length") or 0) > MAX_FORM:
+    def form(self, request: Request) -> dict[str, str] | None:
+        """The posted form (``application/x-www-form-urlencoded``: ours have no files), or
+        None when it is not one."""
+        if not request.headers.get("content-type", "").startswith(
+                "application/x-www-form-urlencoded"):
             return None
-        async with request.form(max_files=0, max_fields=50) as form:
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        return fields
+        try:
+            pairs = parse_qsl(_body(request).decode("utf-8"), keep_blank_values=True,
+                              max_num_fields=50)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return dict(pairs)
 
     def csrf_refused(self, request: Request) -> Response:
         return self.page("refused.html", request, 403, member=None, csrf="",
@@ -157,22 +228,27 @@ class Web:
             self._cookie(response, PRE_COOKIE, pre, 3600)
         return response
 
-    async def login_form(self, request: Request) -> Response:
+    def login_form(self, request: Request) -> Response:
         pre, new = self._pre(request)
         return self._with_pre(self.page("login.html", request, csrf=auth.csrf_token(
             self.app, pre), member=None), pre, new)
 
-    async def login(self, request: Request) -> Response:
-        fields = await self.form(request)
+    def login(self, request: Request) -> Response:
+        fields = self.form(request)
         pre = request.cookies.get(PRE_COOKIE, "")
         if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
             return self.csrf_refused(request)
-        ip = request.client.host if request.client else "?"
+        ip = auth.client_key(request.client.host if request.client else "?")
         address = parseaddr(fields.get("email", "")[:320])[1].strip().lower()
-        if not self.by_ip.allow(ip) or not self.by_address.allow(address):
+        if not self.by_ip.allow(ip):
             return self.page("refused.html", request, 429, member=None, csrf="",
                              why="Too many sign-in requests. Wait a few minutes and try again.")
         member = self.app.settings.member_by_email(address) if address else None
+        if member is not None and not self.by_address.allow(address):
+            # The same answer as ever (a 429 here would tell anyone that this address is
+            # asked for), and no more mail to it for a while.
+            log.warning("web: sign-in links for one member asked too often; none mailed")
+            member = None
         # The answer is the same, and as fast, for a member and for anyone else: the link
         # is queued after the response has gone.
         response = self.page("login_sent.html", request, member=None, csrf="")
@@ -199,9 +275,9 @@ class Web:
         log.info("web: a sign-in link was mailed")
         self.on_queued()
 
-    async def link_page(self, request: Request) -> Response:
+    def link_page(self, request: Request) -> Response:
         token = request.path_params["token"]
-        ip = request.client.host if request.client else "?"
+        ip = auth.client_key(request.client.host if request.client else "?")
         if not self.links_in_use.allow(ip):
             return self.page("refused.html", request, 429, member=None, csrf="",
                              why="Too many sign-in attempts. Wait a few minutes.")
@@ -215,8 +291,8 @@ class Web:
         return self._with_pre(self.page("link.html", request, member=None, csrf=auth.csrf_token(
             self.app, pre), name=member.name, token=token), pre, new)
 
-    async def use_link(self, request: Request) -> Response:
-        fields = await self.form(request)
+    def use_link(self, request: Request) -> Response:
+        fields = self.form(request)
         pre = request.cookies.get(PRE_COOKIE, "")
         if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
             return self.csrf_refused(request)
@@ -234,21 +310,21 @@ class Web:
                                  "expired, or it is not complete. Ask for a new one.")
         log.info("web: a member signed in%s", " (passkey next)" if second else "")
         response = RedirectResponse("/passkey" if second else "/", 303)
-        self._cookie(response, SESSION_COOKIE, token,
+        self._cookie(response, self.cookie, token,
                      int(self.app.settings.web.session_hours * 3600))
         response.delete_cookie(PRE_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    async def logout(self, request: Request) -> Response:
-        fields = await self.form(request)
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+    def logout(self, request: Request) -> Response:
+        fields = self.form(request)
+        cookie = request.cookies.get(self.cookie, "")
         if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
             return self.csrf_refused(request)
         with Session(self.app.engine) as session:
             auth.end_session(session, cookie)
             session.commit()
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(self.cookie, path="/")
         return response
 
     # -- pages ----------------------------------------------------------------------------
@@ -262,19 +338,18 @@ class Web:
     def _half(self, request: Request) -> tuple[Any, Member] | None:
         """A session that may be waiting for its passkey (None: signed out)."""
         with Session(self.app.engine) as session:
-            return auth.session_of(self.app, session, request.cookies.get(SESSION_COOKIE, ""))
+            return auth.session_of(self.app, session, request.cookies.get(self.cookie, ""))
 
-    async def _json(self, request: Request) -> dict[str, Any] | None:
+    def _json(self, request: Request) -> dict[str, Any] | None:
         """A posted JSON object whose ``csrf`` is right, or None."""
-        body = await request.body()
-        if len(body) > 64 << 10 or not request.headers.get("content-type", "").startswith(
-                "application/json"):
+        body = _body(request)
+        if not request.headers.get("content-type", "").startswith("application/json"):
             return None
         try:
             data = json.loads(body)
         except ValueError:
             return None
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+        cookie = request.cookies.get(self.cookie, "")
         if not isinstance(data, dict) or not auth.csrf_ok(self.app, cookie,
                                                           str(data.get("csrf", ""))):
             return None
@@ -299,24 +374,24 @@ class Web:
         return self._script_page("passkey.html", request, member=None, name=member.name,
                                  csrf=self._csrf(request))
 
-    async def passkey_options(self, request: Request) -> Response:
-        data = await self._json(request)
+    def passkey_options(self, request: Request) -> Response:
+        data = self._json(request)
         found = self._half(request)
         if data is None or found is None:
             return JSONResponse({"error": "sign in again"}, 403)
         with Session(self.app.engine) as session:
-            row, member = auth.session_of(self.app, session, request.cookies[SESSION_COOKIE]) \
+            row, member = auth.session_of(self.app, session, request.cookies[self.cookie]) \
                 or found
             options = passkeys.authentication_options(self.app, session, row, member)
             session.commit()
         return Response(options, media_type="application/json")
 
-    async def passkey_verify(self, request: Request) -> Response:
-        data = await self._json(request)
+    def passkey_verify(self, request: Request) -> Response:
+        data = self._json(request)
         if data is None or not isinstance(data.get("credential"), dict):
             return JSONResponse({"error": "sign in again"}, 403)
         with Session(self.app.engine) as session:
-            found = auth.session_of(self.app, session, request.cookies.get(SESSION_COOKIE, ""))
+            found = auth.session_of(self.app, session, request.cookies.get(self.cookie, ""))
             if found is None:
                 return JSONResponse({"error": "sign in again"}, 403)
             row, member = found
@@ -326,7 +401,22 @@ class Web:
             log.warning("web: a passkey answer was refused")
             return JSONResponse({"error": why}, 400)
         log.info("web: a member confirmed with a passkey")
-        return JSONResponse({"ok": True})
+        return self._new_session_cookie(request, JSONResponse({"ok": True}))
+
+    def _new_session_cookie(self, request: Request, response: Response) -> Response:
+        """A session that just became fully signed in gets a new cookie (the half-signed-in
+        one it had is ended): a cookie seen before the second factor is worth nothing."""
+        old = request.cookies.get(self.cookie, "")
+        with Session(self.app.engine) as session:
+            found = auth.session_of(self.app, session, old)
+            if found is None:
+                return response
+            auth.end_session(session, old)
+            token = auth.new_session(self.app, session, found[1])
+            session.commit()
+        self._cookie(response, self.cookie, token, int(self.app.settings.web.session_hours * 3600))
+        self._move_flash(old, token)
+        return response
 
     def _account_session(self, request: Request) -> tuple[Any, Member, bool] | None:
         """The session allowed on the account page, and whether it is there to enrol (a
@@ -355,65 +445,68 @@ class Web:
             email=member.email, csrf=self._csrf(request), passkeys=keys, enrol=enrol,
             usable=passkeys.usable(self.app), flash=self._take_flash(request))
 
-    async def passkey_register_options(self, request: Request) -> Response:
-        data = await self._json(request)
+    def passkey_register_options(self, request: Request) -> Response:
+        data = self._json(request)
         found = self._account_session(request)
         if data is None or found is None or not passkeys.usable(self.app):
             return JSONResponse({"error": "sign in again"}, 403)
         with Session(self.app.engine) as session:
-            again = auth.session_of(self.app, session, request.cookies[SESSION_COOKIE])
+            again = auth.session_of(self.app, session, request.cookies[self.cookie])
             if again is None:
                 return JSONResponse({"error": "sign in again"}, 403)
             options = passkeys.registration_options(self.app, session, *again)
             session.commit()
         return Response(options, media_type="application/json")
 
-    async def passkey_register(self, request: Request) -> Response:
-        data = await self._json(request)
+    def passkey_register(self, request: Request) -> Response:
+        data = self._json(request)
         found = self._account_session(request)
         if data is None or found is None or not isinstance(data.get("credential"), dict):
             return JSONResponse({"error": "sign in again"}, 403)
         with Session(self.app.engine) as session:
-            again = auth.session_of(self.app, session, request.cookies[SESSION_COOKIE])
+            again = auth.session_of(self.app, session, request.cookies[self.cookie])
             if again is None:
                 return JSONResponse({"error": "sign in again"}, 403)
             row, member = again
             why = passkeys.register(self.app, session, row, member, data["credential"])
-            if not why and found[2]:
-                row.verified = True  # enrolled: signed in with the link and the new passkey
-                session.add(row)
             session.commit()
         if why:
             return JSONResponse({"error": why}, 400)
         log.info("web: a member added a passkey")
         self._put_flash(request, ["Passkey added: it is asked for at every sign-in."])
-        return JSONResponse({"ok": True})
+        response = JSONResponse({"ok": True})
+        if found[2]:  # enrolled: signed in with the link and the new passkey
+            return self._new_session_cookie(request, response)
+        return response
 
-    async def passkey_remove(self, request: Request) -> Response:
+    def passkey_remove(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
             return self._signed_out(request)
-        fields = await self.form(request)
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+        fields = self.form(request)
+        cookie = request.cookies.get(self.cookie, "")
         if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
             return self.csrf_refused(request)
         with Session(self.app.engine) as session:
-            if self.app.settings.web.require_passkey and len(
-                    passkeys.of(self.app, session, member)) <= 1:
-                self._put_flash(request, ["Not removed: this committee requires a passkey; "
-                                          "add another one first."])
-            elif passkeys.remove(self.app, session, member, fields.get("id", "")):
+            why = passkeys.remove(self.app, session, member, fields.get("id", ""))
+            if not why:
                 session.commit()
-                self._put_flash(request, ["Passkey removed."])
+        self._put_flash(request, [f"Not removed: {why}." if why else "Passkey removed."])
         return RedirectResponse("/account", 303)
 
+    def _move_flash(self, old: str, new: str) -> None:
+        with self.lock:
+            waiting = self.flash.pop(auth._hash(old), [])
+            if waiting:
+                self.flash[auth._hash(new)] = waiting
+
     def _take_flash(self, request: Request) -> list[str]:
-        key = auth._hash(request.cookies.get(SESSION_COOKIE, ""))
+        key = auth._hash(request.cookies.get(self.cookie, ""))
         with self.lock:
             return self.flash.pop(key, [])
 
     def _put_flash(self, request: Request, answers: list[str]) -> None:
-        key = auth._hash(request.cookies.get(SESSION_COOKIE, ""))
+        key = auth._hash(request.cookies.get(self.cookie, ""))
         with self.lock:
             if len(self.flash) > 1000:
                 self.flash.clear()
@@ -463,12 +556,12 @@ class Web:
         return Response(data, media_type="application/octet-stream", headers={
             "content-disposition": f"attachment; filename*=UTF-8''{quote(safe)}"})
 
-    async def command(self, request: Request) -> Response:
+    def command(self, request: Request) -> Response:
         member = self.member(request)
         if member is None:
             return self._signed_out(request)
-        fields = await self.form(request)
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+        fields = self.form(request)
+        cookie = request.cookies.get(self.cookie, "")
         if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
             return self.csrf_refused(request)
         name = request.path_params["command"]
@@ -478,8 +571,7 @@ class Web:
             code_name = case.code_name if case else ""
         if case is None or name not in actions.WEB_COMMANDS:
             return self.not_found(request, member)
-        outcome = await run_in_threadpool(actions.run, self.app, member, code_name, name,
-                                          fields, self.on_queued)
+        outcome = actions.run(self.app, member, code_name, name, fields, self.on_queued)
         if name == "preview":
             return self._preview(request, member, code_name, fields, outcome.answers)
         self._put_flash(request, outcome.answers)
@@ -560,4 +652,5 @@ class Web:
             Route("/static/{name}", self.static),
             Route("/favicon.ico", lambda request: Response(status_code=204)),
         ]
-        return SecurityHeaders(Starlette(routes=routes), self.app.settings.web.secure)
+        return SecurityHeaders(BodyLimit(Starlette(routes=routes), MAX_FORM),
+                               self.app.settings.web.secure)

@@ -24,9 +24,9 @@ from webauthn.helpers.structs import (
 )
 
 from coc_mail.app import App
-from coc_mail.cases.standing import member_tag
 from coc_mail.config import Member
 from coc_mail.store import WebPasskey, WebSession
+from coc_mail.web.auth import member_key
 
 MAX_PASSKEYS = 10  # per member
 
@@ -44,7 +44,7 @@ def usable(app: App) -> bool:
 
 
 def of(app: App, session: Session, member: Member) -> list[WebPasskey]:
-    tag = member_tag(app, member.handle)
+    tag = member_key(app, member)
     return list(session.exec(select(WebPasskey).where(WebPasskey.member_tag == tag)).all())
 
 
@@ -62,7 +62,7 @@ def registration_options(app: App, session: Session, row: WebSession, member: Me
     rp_id, _ = relying_party(app)
     options = webauthn.generate_registration_options(
         rp_id=rp_id, rp_name=app.settings.committee.name, user_name=member.email,
-        user_id=bytes.fromhex(member_tag(app, member.handle)), user_display_name=member.name,
+        user_id=bytes.fromhex(member_key(app, member)), user_display_name=member.name,
         challenge=_challenge(row),
         exclude_credentials=[PublicKeyCredentialDescriptor(
             id=webauthn.base64url_to_bytes(p.credential_id)) for p in of(app, session, member)],
@@ -94,7 +94,7 @@ def register(app: App, session: Session, row: WebSession, member: Member,
     if session.get(WebPasskey, credential_id) is not None:
         return "this passkey is registered already"
     session.add(WebPasskey(
-        credential_id=credential_id, member_tag=member_tag(app, member.handle),
+        credential_id=credential_id, member_tag=member_key(app, member),
         public_key=app.keys.seal(verified.credential_public_key, "web_passkeys.public_key"),
         sign_count=verified.sign_count))
     return ""
@@ -138,9 +138,22 @@ def authenticate(app: App, session: Session, row: WebSession, member: Member,
     return ""
 
 
-def remove(app: App, session: Session, member: Member, credential_id: str) -> bool:
-    key = session.get(WebPasskey, credential_id)
-    if key is None or key.member_tag != member_tag(app, member.handle):
-        return False
+def remove(app: App, session: Session, member: Member, credential_id: str) -> str:
+    """Remove one of the member's passkeys: an empty string, or why not. Under
+    ``web.require_passkey`` the last one stays; two removals at once cannot both pass that
+    check (the member's rows are locked on PostgreSQL, and the count is taken after the
+    delete, inside SQLite's one writer)."""
+    tag = member_key(app, member)
+    mine = session.exec(select(WebPasskey).where(WebPasskey.member_tag == tag)
+                        .with_for_update()).all()
+    key = next((k for k in mine if k.credential_id == credential_id), None)
+    if key is None:
+        return "no such passkey"
     session.delete(key)
-    return True
+    session.flush()
+    left = session.exec(select(WebPasskey.credential_id).where(
+        WebPasskey.member_tag == tag)).all()
+    if app.settings.web.require_passkey and not left:
+        session.rollback()
+        return "this committee requires a passkey; add another one first"
+    return ""

@@ -11,11 +11,13 @@ import socket
 from collections.abc import Callable
 
 import uvicorn
+from sqlmodel import Session
 
 from coc_mail import config as config_mod
 from coc_mail.app import build
 from coc_mail.config import Settings
 from coc_mail.errors import CocMailError
+from coc_mail.web import auth
 from coc_mail.web.pages import Web
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,16 @@ async def serve(settings: Settings, config_path: str | None, fd: int, lifeline_f
             app.settings = config_mod.load(config_path)
         except CocMailError:
             return  # the main process logs why and keeps the old configuration
+        try:
+            with Session(app.engine) as session:
+                ended = auth.forget_departed(app, session)
+                session.commit()
+        except Exception as exc:  # noqa: BLE001 - they are refused anyway; retried next time
+            log.error("web: reload: sessions of departed members not removed (%s)",
+                      type(exc).__name__)
+            return
+        if ended:
+            log.info("web: reload: %d session(s) and link(s) of departed members removed", ended)
 
     def orphaned() -> None:
         if not os.read(lifeline_fd, 1):

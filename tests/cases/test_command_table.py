@@ -158,3 +158,16 @@ def test_registered_commands_are_gone_afterwards() -> None:
     assert list(commands.TABLE) == HELP_ORDER
     with pytest.raises(commands.UnknownCommand):
         commands.parse("/echo hi")
+
+
+def test_a_command_line_is_never_read_as_a_quote_attribution() -> None:
+    """"/note summary" joined with "The reporter wrote:" below it reads like an "X wrote:"
+    line; the command stays a command (its text then ends where the quote begins)."""
+    from coc_mail.cases import commands
+    from coc_mail.mail import readable
+
+    raw = (b"From: ada@example.net\r\nSubject: x\r\n\r\n/note summary\r\n"
+           b"The reporter wrote:\r\n> it happened\r\n")
+    body = readable.body(raw)
+    command = commands.parse(body.lines, body.stop)
+    assert command is not None and command.name == "note" and command.args == "summary"
