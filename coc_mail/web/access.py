@@ -8,9 +8,8 @@ from sqlmodel import Session, select
 
 from coc_mail.app import App
 from coc_mail.cases import standing
-from coc_mail.cases.members import pending_members
 from coc_mail.config import Member
-from coc_mail.store import Case
+from coc_mail.store import Case, MemberRecord
 
 
 def receives(app: App, session: Session, case: Case, member: Member) -> bool:
@@ -36,5 +35,8 @@ def case_of(app: App, session: Session, member: Member, code_name: str) -> Case 
 
 
 def onboarded(app: App, session: Session, member: Member) -> bool:
-    """Whether ``member`` has answered onboarding (the status sheet is theirs to read)."""
-    return member.handle not in pending_members(app, session)
+    """Whether ``member`` has answered onboarding (the status sheet is theirs to read):
+    :func:`coc_mail.cases.members.pending_members` for one member, from their one row."""
+    state = session.exec(select(MemberRecord.state).where(
+        MemberRecord.member_tag == standing.member_tag(app, member.handle))).first()
+    return state == "active"

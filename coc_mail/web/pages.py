@@ -152,7 +152,8 @@ class Web:
         self.app = app
         self.on_queued = on_queued
         self.env = Environment(loader=PackageLoader("coc_mail.web", "templates"),
-                               autoescape=select_autoescape(["html"], default=True))
+                               autoescape=select_autoescape(["html"], default=True),
+                               auto_reload=False)  # packaged templates: read once
         self.by_ip = auth.RateLimit(10, 600)  # sign-in requests per client address
         self.by_address = auth.RateLimit(3, 900)  # links mailed per address
         self.links_in_use = auth.RateLimit(30, 600)  # link pages per client address
