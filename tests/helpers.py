@@ -517,3 +517,24 @@ def sign_in(d: Daemon, address: str) -> Any:
     done = client.post(link, data={"csrf": csrf_of(button.text)})
     assert done.status_code == 303 and done.headers["location"] == "/", done.text
     return client
+
+
+def open_case(d: Daemon, body: str, subject: str, to: str = ALIAS) -> str:
+    """Send a report to ``to``; the code name of its case, read off the members' notices
+    (notice mode)."""
+    import re
+
+    before = len(d.delivered())
+    d.send(make_report(body=body + "\n", subject=subject, to=to), to=[to])
+    notice = wait_for(lambda: next((str(c["Subject"]) for c in d.delivered()[before:]
+                                    if "A new report" in str(c["Subject"])), None), 20,
+                      "a notice")
+    found = re.match(r"\[([a-z]+ [a-z]+)\]", notice)
+    assert found
+    time.sleep(0.5)  # the other copies
+    return found.group(1)
+
+
+def slug(code: str) -> str:
+    """A code name as URLs and addresses write it."""
+    return code.replace(" ", "-")

@@ -201,18 +201,20 @@ class Web:
                 return None  # required since this session began: enrol first
             return member
 
-    def form(self, request: Request) -> dict[str, str] | None:
-        """The posted form (``application/x-www-form-urlencoded``: ours have no files), or
-        None when it is not one."""
+    def form(self, request: Request, cookie: str | None = None) -> dict[str, str] | None:
+        """The posted form (``application/x-www-form-urlencoded``: ours have no files) when
+        its CSRF token belongs to ``cookie``'s value (the session cookie unless named), or
+        None."""
         if not request.headers.get("content-type", "").startswith(
                 "application/x-www-form-urlencoded"):
             return None
         try:
-            pairs = parse_qsl(_body(request).decode("utf-8"), keep_blank_values=True,
-                              max_num_fields=50)
+            fields = dict(parse_qsl(_body(request).decode("utf-8"), keep_blank_values=True,
+                                    max_num_fields=50))
         except (UnicodeDecodeError, ValueError):
             return None
-        return dict(pairs)
+        tied = request.cookies.get(cookie or self.cookie, "")
+        return fields if auth.csrf_ok(self.app, tied, fields.get("csrf", "")) else None
 
     def csrf_refused(self, request: Request) -> Response:
         return self.page("refused.html", request, 403, member=None, csrf="",
@@ -235,9 +237,8 @@ class Web:
             self.app, pre), member=None), pre, new)
 
     def login(self, request: Request) -> Response:
-        fields = self.form(request)
-        pre = request.cookies.get(PRE_COOKIE, "")
-        if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
+        fields = self.form(request, PRE_COOKIE)
+        if fields is None:
             return self.csrf_refused(request)
         ip = auth.client_key(request.client.host if request.client else "?")
         address = parseaddr(fields.get("email", "")[:320])[1].strip().lower()
@@ -293,9 +294,8 @@ class Web:
             self.app, pre), name=member.name, token=token), pre, new)
 
     def use_link(self, request: Request) -> Response:
-        fields = self.form(request)
-        pre = request.cookies.get(PRE_COOKIE, "")
-        if fields is None or not auth.csrf_ok(self.app, pre, fields.get("csrf", "")):
+        fields = self.form(request, PRE_COOKIE)
+        if fields is None:
             return self.csrf_refused(request)
         second = False
         with Session(self.app.engine) as session:
@@ -318,11 +318,10 @@ class Web:
 
     def logout(self, request: Request) -> Response:
         fields = self.form(request)
-        cookie = request.cookies.get(self.cookie, "")
-        if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
+        if fields is None:
             return self.csrf_refused(request)
         with Session(self.app.engine) as session:
-            auth.end_session(session, cookie)
+            auth.end_session(session, request.cookies.get(self.cookie, ""))
             session.commit()
         response = RedirectResponse("/login", 303)
         response.delete_cookie(self.cookie, path="/")
@@ -485,8 +484,7 @@ class Web:
         if member is None:
             return self._signed_out(request)
         fields = self.form(request)
-        cookie = request.cookies.get(self.cookie, "")
-        if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
+        if fields is None:
             return self.csrf_refused(request)
         with Session(self.app.engine) as session:
             why = passkeys.remove(self.app, session, member, fields.get("id", ""))
@@ -562,8 +560,7 @@ class Web:
         if member is None:
             return self._signed_out(request)
         fields = self.form(request)
-        cookie = request.cookies.get(self.cookie, "")
-        if fields is None or not auth.csrf_ok(self.app, cookie, fields.get("csrf", "")):
+        if fields is None:
             return self.csrf_refused(request)
         name = request.path_params["command"]
         code = request.path_params["code"]

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import httpx
 
+from tests import helpers
 from tests.helpers import (
     Daemon,
     csrf_of,
     mailed_link,
-    make_report,
     send_as,
     sign_in,
+    slug,
     wait_for,
     web_daemon,
     web_url,
@@ -37,20 +38,8 @@ from tests.helpers import (
 REPORT = "SECRET-REPORT-TEXT: Sam Smith shouted at me at the party."
 
 
-def slug(code: str) -> str:
-    return code.replace(" ", "-")
-
-
-def open_case(d: Daemon) -> str:
-    before = len(d.delivered())
-    d.send(make_report(body=REPORT + "\n", subject="About it"), to=["conduct@example.org"])
-    subject = wait_for(lambda: next((str(c["Subject"]) for c in d.delivered()[before:]
-                                     if "A new report" in str(c["Subject"])), None), 20,
-                       "a notice")
-    found = re.match(r"\[([a-z]+ [a-z]+)\]", subject)
-    assert found
-    time.sleep(0.5)
-    return found.group(1)
+def open_case(d: Daemon, to: str = "conduct@example.org") -> str:
+    return helpers.open_case(d, REPORT, "About it", to)
 
 
 def case_address(d: Daemon, who: str, code: str) -> str:

@@ -4,13 +4,13 @@ member's download, a non-member at /login, too many sign-ins)."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import helpers
 from tests.helpers import (
     Daemon,
     Mail,
@@ -20,6 +20,7 @@ from tests.helpers import (
     make_report,
     send_as,
     sign_in,
+    slug,
     wait_for,
     web_daemon,
     web_url,
@@ -30,20 +31,7 @@ REPORTER = "reporter@example.com"
 
 
 def open_case(d: Daemon, to: str = "conduct@example.org") -> str:
-    """Send a report; the code name of its case (from the members' notices)."""
-    before = len(d.delivered())
-    d.send(make_report(body=REPORT + "\n", subject="About Jordan Roe", to=to), to=[to])
-    subject = wait_for(lambda: next((str(c["Subject"]) for c in d.delivered()[before:]
-                                     if "A new report" in str(c["Subject"])), None), 20,
-                       "a notice")
-    found = re.match(r"\[([a-z]+ [a-z]+)\]", subject)
-    assert found
-    time.sleep(0.5)  # the other copies
-    return found.group(1)
-
-
-def slug(code: str) -> str:
-    return code.replace(" ", "-")
+    return helpers.open_case(d, REPORT, "About Jordan Roe", to)
 
 
 def test_notice_mode_keeps_the_report_out_of_every_mailbox(web: Daemon) -> None:
