@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests import helpers
 from tests.helpers import (
@@ -246,10 +245,9 @@ def test_leaving_the_configuration_ends_the_session(web: Daemon) -> None:
              "the session to end")
 
 
-@pytest.mark.parametrize("deliver", ["notice"])
-def test_check_refuses_notice_mode_without_the_web_view(tmp_path: Path, sqlite_url: str,
-                                                        deliver: str) -> None:
-    d = Daemon(tmp_path, sqlite_url, extra={"intake": {"deliver": deliver}})
+def test_check_refuses_notice_mode_without_the_web_view(tmp_path: Path,
+                                                        sqlite_url: str) -> None:
+    d = Daemon(tmp_path, sqlite_url, extra={"intake": {"deliver": "notice"}})
     result = d.cli("check", check=False)
     assert result.returncode != 0
     assert "intake.deliver" in result.stderr and "web.listen" in result.stderr
