@@ -45,7 +45,8 @@ from tests import postfix
 from tests.helpers import Daemon, free_port, wait_for
 
 MEMBERS = [{"name": f"Member {i}", "email": f"m{i}@example.net", "handle": f"m{i}",
-            **({"roles": ["triage"]} if i <= 5 else {})} for i in range(1, 51)]
+            **({"roles": ["triage", "operator"] if i == 1 else ["triage"]} if i <= 5 else {})}
+           for i in range(1, 51)]
 TRIAGE = 5
 
 

@@ -380,6 +380,10 @@ class Settings(_Section):
         if self.intake.deliver == "notice" and not self.web.enabled:
             raise ValueError('intake.deliver = "notice" sends members a link to the web view: '
                              "set web.listen (and web.base_url) too")
+        if self.intake.deliver == "notice" and not self.operators:
+            raise ValueError('intake.deliver = "notice" needs an operator (roles = '
+                             '["operator"]): without one, mail to postmaster@ and abuse@ '
+                             "(where a report may be sent) would go whole to every member")
         if self.intake.forward == "triage" and not any("triage" in m.roles for m in self.members):
             raise ValueError('intake.forward = "triage" but no member has roles = ["triage"]')
         return self

@@ -108,7 +108,7 @@ class Unit:
         """Lines for a copy's intro: which fields of the message show where it was sent from,
         and whether they were taken out of the attached copy."""
         found = client_fields(self.msg.content)
-        if not found:
+        if not found or document.notice_mode(self.app.settings):  # nothing is attached
             return []
         names = ", ".join(f"{n} {name}" if n > 1 else name for name, n in found.items())
         if self.app.settings.intake.strip_client_headers:

@@ -233,7 +233,9 @@ class RelaySession:
             if self.eightbit:
                 mail += b" BODY=8BITMIME"
             else:
-                parts = [downgrade(b"".join(parts))]
+                # re-encoding and re-signing a big copy takes a while: not on the event loop,
+                # where the other sessions' timers run
+                parts = [await asyncio.to_thread(downgrade, b"".join(parts))]
         rcpt = b"RCPT TO:" + to
         if self.pipelining:
             replies = await self._commands(mail, rcpt, b"DATA")

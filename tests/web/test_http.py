@@ -305,3 +305,14 @@ def test_the_stylesheet_is_served_and_the_view_goes_on(web: Daemon) -> None:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
     assert client.get("/login").status_code == 200
     assert client.get("/static/nothing.css").status_code == 404
+
+
+def test_check_refuses_notice_mode_without_an_operator(tmp_path: Path, sqlite_url: str) -> None:
+    """Mail to postmaster@ and abuse@ goes to the operators, or with none to every member,
+    whole: in notice mode that would put a report sent there in every mailbox."""
+    members = [{"name": "Grace Sample", "email": "grace@example.net"}]
+    d = web_daemon(tmp_path, sqlite_url)
+    d.members = members
+    d.write()
+    result = d.cli("check", check=False)
+    assert result.returncode != 0 and "needs an operator" in result.stderr
