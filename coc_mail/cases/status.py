@@ -87,7 +87,12 @@ def rows(app: App, session: Session) -> list[list[str]]:
 
 
 def warnings(app: App, session: Session, chosen: Iterable[SheetRow]) -> list[str]:
-    """Fields that name a reported person, hold an address or use gendered words."""
+    """Fields that name a reported person, hold an address or use gendered words. The
+    reported names (of every case: the sheet is read by members conflicted in some) are read
+    only when a chosen row has a field to check."""
+    chosen = list(chosen)
+    if not any(c.fields.get("actions") or c.fields.get("resolution") for c in chosen):
+        return []
     names = [  # only the sealed names are read (a full row would bring its report too)
         Person.named(p).name
         for sealed in session.exec(select(Case.reported).where(col(Case.reported).is_not(None)))

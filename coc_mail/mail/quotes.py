@@ -34,6 +34,9 @@ _ATTRIBUTION = re.compile(
 _ADDRESS = re.compile(r"[^\s<>()\[\]]+@[^\s<>()\[\]]+\.[^\s<>()\[\]]+")
 _DATEISH = re.compile(r"\d{1,2}[:.]\d{2}|\d{4}|\d{1,2}/\d{1,2}/\d{2,4}")
 _ENDS_WITH_COLON = re.compile(r"[:：]\s*$")
+# Every attribution ends in one of these (after trailing spaces): a line that does not is
+# passed over without the patterns above, which are slow to search along a long line.
+_ENDINGS = (":", "：", *_CJK_VERBS.split("|"))
 
 _FROM_LABELS = (
     r"from|de|von|da|van|från|fra|od|от|від|lähettäjä|feladó|kimden|από|de la|发件人|發件人"
@@ -93,6 +96,8 @@ def _attribution_at(lines: Sequence[str], i: int) -> bool:
         text = _joined(lines, i, count)
         if len(text) > 400:
             break
+        if not text.rstrip().endswith(_ENDINGS):
+            continue
         if _ATTRIBUTION.search(text):
             return True
         if _ENDS_WITH_COLON.search(text) and (_ADDRESS.search(text) or _DATEISH.search(text)):

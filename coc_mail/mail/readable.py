@@ -251,10 +251,9 @@ def first_text_part(msg: EmailMessage) -> Message | None:
         return None
 
 
-def body(raw: bytes | EmailMessage, guards: Iterable[quotes.Guard] = ()) -> Body:
-    """The lines a client shows first (the text part, else the HTML made plain) and where the
-    quoted mail or signature begins: HTML markers, the plain-text rules of
-    :mod:`coc_mail.mail.quotes` or a line one of ``guards`` finds, whichever comes first."""
+def displayed(raw: bytes | EmailMessage) -> Body:
+    """The lines a client shows first (the text part, else the HTML made plain); ``stop`` is
+    where the HTML's own quote markup begins (the plain-text rules are :func:`body`'s)."""
     try:
         msg = parse(raw) if isinstance(raw, bytes) else raw
         part = first_text_part(msg)
@@ -265,15 +264,21 @@ def body(raw: bytes | EmailMessage, guards: Iterable[quotes.Guard] = ()) -> Body
         content = (raw if isinstance(raw, bytes) else b"").decode("utf-8", "replace")[:MAX_TEXT]
         part = None
     if part is not None and part.get_content_type() == "text/html":
-        found = html_body(content)
-    else:
-        lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        if part is not None and str(part.get_param("format", "")).lower() == "flowed":
-            lines = quotes.unflow(lines, delsp=str(part.get_param("delsp", "")).lower() == "yes")
-        lines = [line.rstrip() for line in lines]
-        while lines and not lines[-1]:
-            lines.pop()
-        found = Body(lines, len(lines))
+        return html_body(content)
+    lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if part is not None and str(part.get_param("format", "")).lower() == "flowed":
+        lines = quotes.unflow(lines, delsp=str(part.get_param("delsp", "")).lower() == "yes")
+    lines = [line.rstrip() for line in lines]
+    while lines and not lines[-1]:
+        lines.pop()
+    return Body(lines, len(lines))
+
+
+def body(raw: bytes | EmailMessage, guards: Iterable[quotes.Guard] = ()) -> Body:
+    """The lines a client shows first (:func:`displayed`) and where the quoted mail or signature
+    begins: HTML markers, the plain-text rules of :mod:`coc_mail.mail.quotes` or a line one
+    of ``guards`` finds, whichever comes first."""
+    found = displayed(raw)
     stop = min(found.stop, quotes.first_quote(found.lines[:found.stop], guards))
     first = next((i for i, line in enumerate(found.lines[:found.stop]) if line.strip()), None)
     if first is not None and stop == first and found.lines[first].lstrip().startswith("/"):
@@ -289,7 +294,7 @@ def text_of(raw: bytes) -> str:
     parts included), and the names of its attachments."""
     try:
         msg = parse(raw)
-        shown = body(msg).text
+        shown = displayed(msg).text
         names = [str(p.get_filename()) for p in msg.iter_attachments() if p.get_filename()]
     except Exception:  # noqa: BLE001 - broken MIME: the raw text is still the message
         return raw.decode("utf-8", "replace")[:MAX_TEXT]

@@ -197,7 +197,7 @@ class Redactor:
             return out
         log.warning("redaction: an address survived rewriting; the post goes as plain text")
         lines = [NOTE if self.found_in(line) else self.text(line)
-                 for line in readable.body(out).lines]
+                 for line in readable.displayed(out).lines]
         plain = _plain("\n".join(lines) + "\n")
         if not self.leaks(plain):
             return plain

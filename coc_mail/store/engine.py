@@ -18,6 +18,7 @@ from coc_mail.store.tables import Meta
 
 log = logging.getLogger(__name__)
 CONNECT_SECONDS = 10  # one connection attempt to PostgreSQL (libpq's connect_timeout)
+POOL_SIZE = 8  # connections kept open per process (a thread beyond them opens and drops one)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -41,7 +42,7 @@ def make_engine(url: str) -> Engine:
         engine = sa.create_engine(
             url,
             connect_args=connect_args,
-            pool_size=8,
+            pool_size=POOL_SIZE,
             hide_parameters=True,  # errors never quote values into logs
         )
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -49,7 +50,7 @@ def make_engine(url: str) -> Engine:
     parsed = sa.engine.make_url(url)
     args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_SECONDS}
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True,
+        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=8, hide_parameters=True,
         connect_args=args,
     )
 
@@ -134,7 +135,7 @@ def make_incoming(url: str, main: Engine) -> Engine:
     return engine
 
 
-SCHEMA_HEAD = "0006"  # the newest migration; tests/store/test_migrations.py keeps them in step
+SCHEMA_HEAD = "0007"  # the newest migration; tests/store/test_migrations.py keeps them in step
 
 
 def check_schema(engine: Engine) -> None:

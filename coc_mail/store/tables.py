@@ -61,7 +61,7 @@ class Case(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     code_name: str = Field(unique=True, max_length=64)
     status: str = Field(default="New", max_length=16, index=True)
-    opened_at: dt.datetime = Field(default_factory=utcnow)
+    opened_at: dt.datetime = Field(default_factory=utcnow, index=True)
     updated_at: dt.datetime = Field(default_factory=utcnow)
     resolved_at: dt.datetime | None = None
     reporter_key: str = Field(index=True, max_length=32)  # tag of the reporter address token
@@ -91,7 +91,7 @@ class CaseMember(SQLModel, table=True):
 
     __tablename__ = "case_members"
     case_id: int = Field(foreign_key="cases.id", primary_key=True, ondelete="CASCADE")
-    member_tag: str = Field(primary_key=True, max_length=32)
+    member_tag: str = Field(primary_key=True, max_length=32, index=True)
     state: bytes  # sealed Standing value
     updated_at: dt.datetime = Field(default_factory=utcnow)
     reminded: bool = False  # the halfway conflict-check reminder went out

@@ -10,6 +10,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+import anyio.to_thread
 import uvicorn
 from sqlmodel import Session
 
@@ -17,6 +18,7 @@ from coc_mail import config as config_mod
 from coc_mail.app import build
 from coc_mail.config import Settings
 from coc_mail.errors import CocMailError
+from coc_mail.store.engine import POOL_SIZE
 from coc_mail.web import auth
 from coc_mail.web.pages import Web
 
@@ -52,6 +54,10 @@ async def serve(settings: Settings, config_path: str | None, fd: int, lifeline_f
         limit_concurrency=1000, h11_max_incomplete_event_size=65536,
     )
     server = uvicorn.Server(config)
+    # Pages are synchronous (database work) and run in threads: no more at once than the
+    # pool's connections, so none opens and drops a connection of its own under load, and
+    # the GIL is not passed among forty threads (anyio's default).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
