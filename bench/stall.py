@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,6 +53,11 @@ def heavy_post(to: str) -> bytes:
     return (f"From: Grace Sample <grace@example.net>\r\nTo: {to}\r\nSubject: heavy\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n").encode() \
         + b"<div>a <b>b</b> c</div>\r\n" * 600_000
+
+
+def copies(d: Daemon, marker: bytes, since: int) -> bool:
+    """Whether three member copies holding ``marker`` arrived after the first ``since``."""
+    return sum(marker in c.raw for c in d.delivered()[since:]) >= 3
 
 
 def run(rounds: int) -> tuple[list[tuple[str, list[float]]], dict[str, object]]:
@@ -87,8 +93,7 @@ def run(rounds: int) -> tuple[list[tuple[str, list[float]]], dict[str, object]]:
                 start = time.monotonic()
                 d.send(make_report(sender=f"R <r{serial}@example.com>", body=marker),
                        sender=f"r{serial}@example.com")
-                wait_for(lambda m=marker, s=seen: sum(
-                    m.encode() in c.raw for c in d.delivered()[s:]) >= 3, 120, marker)
+                wait_for(partial(copies, d, marker.encode(), seen), 120, marker)
                 times.append(time.monotonic() - start)
                 time.sleep(0.3)  # the acknowledgment and the operators' notice
                 seen = len(d.delivered())
@@ -105,8 +110,7 @@ def run(rounds: int) -> tuple[list[tuple[str, list[float]]], dict[str, object]]:
         start = time.monotonic()
         d.send(make_report(sender="R <heavy@example.com>", body="AFTER-HEAVY"),
                sender="heavy@example.com")
-        wait_for(lambda s=seen: sum(b"AFTER-HEAVY" in c.raw for c in d.delivered()[s:]) >= 3,
-                 120, "the report after the heavy post")
+        wait_for(partial(copies, d, b"AFTER-HEAVY", seen), 120, "the report after the heavy post")
         times.append(time.monotonic() - start)
         facts["report after a 15 MB post of 600,000 block elements (processed, not set "
               "aside), seconds"] = round(times[0], 2)

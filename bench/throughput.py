@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,8 +222,8 @@ def main() -> int:
         args.messages, args.repeat, args.latency_reports = 100, 1, 20
     runs = [run_once(args) for _ in range(args.repeat)]
 
-    def median(f: object) -> float:
-        return statistics.median(f(r) for r in runs)  # type: ignore[operator]
+    def median(f: Callable[[Run], float]) -> float:
+        return float(statistics.median(f(r) for r in runs))
 
     rows = [
         ("accepted msg/s: Postfix", median(lambda r: r.accept["Postfix"])),

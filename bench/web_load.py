@@ -22,6 +22,7 @@ the pages served and their latency.
 from __future__ import annotations
 
 import argparse
+import http.client
 import multiprocessing
 import os
 import re
@@ -31,13 +32,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import httpx
 
 from bench.procs import cpu_seconds, roles
 from bench.throughput import Sink, smtp_source, wait_copies
@@ -82,7 +82,11 @@ def sessions(d: Daemon) -> dict[str, str]:
 
 def browse(base: str, cookie: str, think: float, stop: threading.Event, side: Side,
            lock: threading.Lock) -> None:
-    client = httpx.Client(base_url=base, cookies={"coc_session": cookie}, timeout=30)
+    """One member reading: keep-alive requests through :mod:`http.client` (lighter than a
+    full client library: the load generator should take little of the machine)."""
+    host, _, port = base.removeprefix("http://").rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Cookie": f"coc_session={cookie}"}
     cases: list[str] = []
     turn = 0
     while not stop.is_set():
@@ -90,19 +94,22 @@ def browse(base: str, cookie: str, think: float, stop: threading.Event, side: Si
         turn += 1
         start = time.perf_counter()
         try:
-            r = client.get(path)
-            ok = r.status_code == 200
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            text = r.read().decode("utf-8", "replace")
+            ok = r.status == 200
             if path == "/" and ok:
-                cases = re.findall(r'href="(/cases/[a-z-]+)"', r.text)[:5]
-        except httpx.HTTPError:
+                cases = re.findall(r'href="(/cases/[a-z-]+)"', text)[:5]
+        except (OSError, http.client.HTTPException):
             ok = False
+            conn.close()
         took = time.perf_counter() - start
         with lock:
             side.pages += 1
             side.errors += not ok
             side.latencies.append(took)
         stop.wait(max(0.0, think - took) if think else 0)
-    client.close()
+    conn.close()
 
 
 def members_browsing(base: str, cookies: list[str], think: float, go: Any, stop: Any,
@@ -146,7 +153,7 @@ def one(args: argparse.Namespace, sink: Sink, web: bool) -> Side:
     results: multiprocessing.Queue[tuple[int, int, list[float]]] = multiprocessing.Queue()
     go, stop = multiprocessing.Event(), multiprocessing.Event()
     if web:
-        base = f"http://{extra['web']['listen']}"  # type: ignore[index]
+        base = f"http://{extra['web']['listen']}"
         browsers = multiprocessing.Process(target=members_browsing, args=(
             base, list(sessions(d).values()), args.think, go, stop, results))
         browsers.start()
@@ -210,8 +217,8 @@ def main() -> int:
     finally:
         sink.stop()
 
-    def med(f: object) -> float:
-        return statistics.median(f(a, b) for a, b in pairs)  # type: ignore[operator]
+    def med(f: Callable[[Side, Side], float]) -> float:
+        return float(statistics.median(f(a, b) for a, b in pairs))
 
     lat = [x for _, b in pairs for x in b.latencies]
     label = "" if args.think else " (stress: no think time)"
