@@ -3,6 +3,7 @@ processes by role, their memory and CPU time (from /proc)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 from pathlib import Path
@@ -15,6 +16,19 @@ def listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def answers_http(port: int) -> bool:
+    """Does an HTTP server answer on 127.0.0.1:``port`` (not only its socket, bound early)?"""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/login")
+        conn.getresponse().read()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 def roles(pid: int) -> dict[str, int]:
