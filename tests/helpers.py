@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 from email.policy import SMTP, default
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 from cryptography import x509
@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 ALIAS = "conduct@example.org"
 DOMAIN = "example.org"
 
-MEMBERS = [
+MEMBERS: list[dict[str, Any]] = [
     {"name": "Ada Example", "email": "ada@example.net", "handle": "ada",
      "roles": ["triage", "operator"], "conflicts": ["pat@example.com", "Jordan Roe"]},
     {"name": "Grace Sample", "email": "grace@example.net", "roles": ["triage"]},
@@ -251,7 +251,7 @@ class Copy:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.msg: Message = email.message_from_bytes(raw, policy=default)
+        self.msg: EmailMessage = email.message_from_bytes(raw, policy=default)
 
     def __getitem__(self, name: str) -> Any:
         return self.msg[name]
@@ -262,7 +262,7 @@ class Copy:
 
     @property
     def text(self) -> str:
-        part = self.msg.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
+        part = self.msg.get_body(preferencelist=("plain",))
         return str(part.get_content()) if part is not None else ""
 
     def original(self) -> bytes:
@@ -382,7 +382,7 @@ class Relay:
                               bytes(envelope.original_content)))
         return "250 OK"
 
-    def start(self) -> Relay:
+    def start(self) -> Self:
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
         self.controller.start()
         return self

@@ -34,8 +34,8 @@ def test_check_passes_on_a_started_daemon_and_fails_precisely(
     d.write()
     bad = d.cli("check", check=False)
     assert bad.returncode == 1 and "delivery.relay 127.0.0.1:1: not reachable" in bad.stderr
-    key = next(tmp_path.rglob("secret.key"))
-    key.rename(tmp_path / "elsewhere.key")  # the database stays, sealed with the lost key
+    key_file = next(tmp_path.rglob("secret.key"))
+    key_file.rename(tmp_path / "elsewhere.key")  # the database stays, sealed with the lost key
     lost = d.cli("check", check=False)
     assert lost.returncode == 1 and "storage.key_file is missing but the database" in lost.stderr
 

@@ -39,7 +39,9 @@ def expected(d: Daemon) -> int:
 
 def started(d: Daemon) -> list[int]:
     n = expected(d)
-    return wait_for(lambda: len(workers_of(d)) == n and workers_of(d), 10, f"{n} workers")
+    pids: list[int] = wait_for(lambda: len(workers_of(d)) == n and workers_of(d), 10,
+                               f"{n} workers")
+    return pids
 
 
 def cases(d: Daemon) -> list[str]:

@@ -519,10 +519,10 @@ def test_case_mail_from_elsewhere_goes_to_the_case_only(d: Daemon, mail: Mail) -
         to="Ada Example <ada@example.net>", reply_to=case.address["ada"],
         date=dt.datetime(2026, 12, 1, 9, 14, tzinfo=dt.UTC), subject=str(post["Subject"]),
         text="THREAD-SECRET-12 plan", message_id="<other@example.com>")
-    for sender, kw in (("Ada <ada.home@example.com>", {}),
-                       ('"ada@example.net" <ada@example.net>', {"as_attachment": True})):
+    for sender, as_attachment in (("Ada <ada.home@example.com>", False),
+                                  ('"ada@example.net" <ada@example.net>', True)):
         raw = clients.forward("thunderbird", sender=sender, to=ALIAS, new_text="FYI",
-                              quoted=quoted, **kw)
+                              quoted=quoted, as_attachment=as_attachment)
         d.send(raw, sender="ada.home@example.com")
         copies = mail.next(3)  # the members receiving the case: Ada, Grace, Linus
         assert {c.to.split("@")[0] for c in copies} == {"ada", "grace", "linus"}, sender
@@ -734,9 +734,12 @@ def test_hostile_messages_never_delay_a_report(d: Daemon, mail: Mail) -> None:
         start = time.monotonic()
         reporter = new_reporter()
         d.send(make_report(sender=f"Rita <{reporter}>", body="REAL-REPORT"), sender=reporter)
-        wait_for(lambda r=reporter: sum(reads(c.raw, "REAL-REPORT") and r in c.raw.decode()
-                                        for c in d.delivered()[mail.seen:]) >= 4, 5,
-                 "the real report, within 5 s of the hostile message")
+
+        def arrived(r: str = reporter) -> bool:
+            return sum(reads(c.raw, "REAL-REPORT") and r in c.raw.decode()
+                       for c in d.delivered()[mail.seen:]) >= 4
+
+        wait_for(arrived, 5, "the real report, within 5 s of the hostile message")
         assert time.monotonic() - start < 5
         time.sleep(0.5)
         mail.seen = len(d.delivered())
@@ -754,8 +757,8 @@ def test_a_trusted_relay_is_not_throttled(d: Daemon, mail: Mail) -> None:
         greetings = [s.recv(100)[:3] for s in socks]
         assert greetings == [b"220"] * 40  # max_connections_per_ip is 20
     finally:
-        for s in socks:
-            s.close()
+        for sock in socks:
+            sock.close()
     with d.smtp() as s:
         s.ehlo()
         s.mail("relay@example.com")

@@ -13,7 +13,17 @@ import dkim
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import ALIAS, MEMBERS, Daemon, Relay, by_recipient, make_report, wait_for, wire
+from tests.helpers import (
+    ALIAS,
+    MEMBERS,
+    Copy,
+    Daemon,
+    Relay,
+    by_recipient,
+    make_report,
+    wait_for,
+    wire,
+)
 
 MEMBER_EMAILS = {"ada@example.net", "grace@example.net", "linus@example.net"}
 
@@ -312,7 +322,7 @@ def test_every_kind_of_copy_shows_the_message_inline(sqlite_daemon: Daemon,
         return make_report(subject=subject, to=to, body=text + "\n",
                            cte=None if shape == "plain" else shape)
 
-    def check(copies: list, sent: EmailMessage) -> None:
+    def check(copies: list[Copy], sent: EmailMessage) -> None:
         for copy in copies:
             part = copy.msg.get_body(("plain", "html"))
             assert part is not None and part.get_content_type() == "text/plain"

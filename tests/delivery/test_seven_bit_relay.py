@@ -23,7 +23,9 @@ def received(sink: postfix.Sink, count: int) -> list[tuple[dict[str, str], bytes
         got = sink.transactions()
         return got if len(got) >= count else None
 
-    return wait_for(enough, 30, f"{count} transactions at smtp-sink")
+    got: list[tuple[dict[str, str], bytes]] = wait_for(
+        enough, 30, f"{count} transactions at smtp-sink")
+    return got
 
 
 def report_bytes() -> bytes:
@@ -60,7 +62,9 @@ def test_copies_to_a_relay_without_8bitmime_are_seven_bit(
             assert body is not None and TEXT.strip() in body.get_content()
             nested = next(p for p in message_from_bytes(data, policy=compat32).walk()
                           if p.get_content_type() == "message/rfc822")
-            inner = nested.get_payload()[0]
+            nested_payload = nested.get_payload()
+            assert isinstance(nested_payload, list)
+            inner = nested_payload[0]
             assert isinstance(inner, type(nested))
             payload = inner.get_payload(decode=True)
             assert isinstance(payload, bytes)

@@ -104,7 +104,7 @@ def _independent_views(raw: bytes) -> list[str]:
         part = stack.pop()
         out += [str(v) for v in part.values()]
         if part.is_multipart():
-            stack += [p for p in part.get_payload() if isinstance(p, Message)]  # type: ignore[union-attr]
+            stack += [p for p in part.get_payload() if isinstance(p, Message)]
             continue
         data = part.get_payload(decode=True)
         if isinstance(data, bytes):

@@ -4,6 +4,7 @@ and the next real report still goes through."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,11 +83,11 @@ CORPUS: dict[str, bytes] = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Daemon:
+def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("hostile")
     d = Daemon(root, f"sqlite:///{root}/var/coc-mail.db")
     d.start()
-    yield d  # type: ignore[misc]
+    yield d
     d.stop()
 
 

@@ -93,7 +93,9 @@ def test_an_old_database_is_sealed_on_upgrade(database_url: str, tmp_path: Path)
         cfg.attributes["connection"], cfg.attributes["keys"] = conn, keys
         command.downgrade(cfg, "0004")
         assert conn.execute(text("SELECT state FROM case_members")).scalar_one() == "cleared"
-        actor = bytes(conn.execute(text("SELECT actor FROM audit_log")).scalars().first())
+        first_actor = conn.execute(text("SELECT actor FROM audit_log")).scalars().first()
+        assert first_actor is not None
+        actor = bytes(first_actor)
         assert actor[:1] == b"\x01" and keys.open_text(actor, "audit_log.actor") == "ada"
     store.migrate(engine, keys)
     engine.dispose()
