@@ -31,6 +31,13 @@ RESERVED_HANDLES = frozenset({"reporter", "operator"})  # roles of copies beside
 _HANDLE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
 
+# Copies in flight to the relay, all delivery processes together, when ``delivery.workers``
+# is 0: Postfix's default_destination_concurrency_limit. On a LAN relay fewer would do (the
+# work is CPU then); to a relay 20-50 ms away each copy's two pipelined round trips are the
+# wait, and 4 per process capped a 2-core daemon near 200 copies/s.
+RELAY_CONCURRENCY = 20
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -160,7 +167,7 @@ class Delivery(_Section):
     max_queue_days: float = Field(default=5.0, gt=0)
     retry_seconds: float = Field(default=60.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)
-    workers: int = Field(default=4, gt=0, le=64)
+    workers: int = Field(default=0, ge=0, le=64)  # copies in flight per delivery process
 
     @field_validator("relay")
     @classmethod
@@ -387,6 +394,21 @@ class Settings(_Section):
         if self.intake.forward == "triage" and not any("triage" in m.roles for m in self.members):
             raise ValueError('intake.forward = "triage" but no member has roles = ["triage"]')
         return self
+
+    def worker_count(self) -> int:
+        """``server.workers``, or with 0 (the default) one processor and one delivery worker
+        per CPU core (at most 8)."""
+        if self.server.workers:
+            return self.server.workers
+        return 1 + max(1, min(8, os.cpu_count() or 1))
+
+    def copies_in_flight(self) -> int:
+        """``delivery.workers``, or with 0 (the default) :data:`RELAY_CONCURRENCY` relay
+        connections in all, shared among the delivery processes, at least 4 each."""
+        if self.delivery.workers:
+            return self.delivery.workers
+        delivering = max(1, self.worker_count() - 1)
+        return max(4, -(-RELAY_CONCURRENCY // delivering))
 
     def member_by_handle(self, handle: str) -> Member | None:
         return next((m for m in self.members if m.handle == handle), None)

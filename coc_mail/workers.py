@@ -56,11 +56,8 @@ WEB_NICE = DELIVERY_NICE
 
 
 def worker_count(settings: Settings) -> int:
-    """``server.workers``, or with 0 (the default) one processor and one delivery worker per
-    CPU core (at most 8)."""
-    if settings.server.workers:
-        return settings.server.workers
-    return 1 + max(1, min(8, os.cpu_count() or 1))
+    """How many worker processes to start: :meth:`Settings.worker_count`."""
+    return settings.worker_count()
 
 
 def poke(fds: list[int], what: bytes) -> None:

@@ -50,6 +50,20 @@ def test_defaults() -> None:
     assert s.intake.forward == "all"
 
 
+@pytest.mark.parametrize(("server", "delivery", "processes", "in_flight"), [
+    ("", "", 3, 10),  # 2 cores: a processor and two deliverers, 20 relay connections in all
+    ("workers = 9", "", 9, 4),  # 8 deliverers: at least 4 copies each
+    ("workers = 1", "", 1, 20),  # one worker both processes and delivers: all 20
+    ("workers = 3", "workers = 7", 3, 7),  # set: as set
+])
+def test_workers_and_copies_in_flight_follow_the_machine_unless_set(
+        server: str, delivery: str, processes: int, in_flight: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    s = config.parse(GOOD + f"\n[server]\n{server}\n[delivery]\n{delivery}\n")
+    assert (s.worker_count(), s.copies_in_flight()) == (processes, in_flight)
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

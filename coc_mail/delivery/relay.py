@@ -340,7 +340,8 @@ class SmtpTransport:
         delivery, hostname = settings.delivery, settings.server.hostname
         return cls(
             delivery.relay, delivery.username, delivery.password(), delivery.require_tls,
-            timeout or delivery.timeout_seconds, delivery.tls_ca_file, pool=delivery.workers,
+            timeout or delivery.timeout_seconds, delivery.tls_ca_file,
+            pool=settings.copies_in_flight(),
             helo=hostname if "." in hostname else socket.getfqdn(), downgrade=downgrade,
         )
 

@@ -370,9 +370,9 @@ class Deliverer:
         self.wake.set()
 
     async def run(self, poll: float = 2.0) -> None:
-        """Keep up to ``delivery.workers`` copies in flight (four times that in hand), taking
-        more as they finish, until :meth:`stop`."""
-        workers = self.app.settings.delivery.workers
+        """Keep up to :meth:`Settings.copies_in_flight` copies in flight (four times that in
+        hand), taking more as they finish, until :meth:`stop`."""
+        workers = self.app.settings.copies_in_flight()
         slots = asyncio.Semaphore(workers)
         renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
         recorder = asyncio.create_task(self._recorder(), name="delivery-records")

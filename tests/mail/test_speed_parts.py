@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -18,12 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coc_mail import store
+from coc_mail.mail import compose
 from coc_mail.mail import dkim as our_dkim
 from coc_mail.store import crypto
 from tests.helpers import Daemon, make_report, wire
 
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
-PIECES = st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"xyz", b"a b"]),
+PIECES = st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"xyz", b"a b",
+                                   b"     ", b" \t \t", b"\t\t\r\n"]),
                   max_size=60).map(b"".join)
 
 
@@ -37,6 +40,12 @@ def test_body_hash_in_pieces_is_dkimpys(body: bytes, chunk: int) -> None:
     finally:
         our_dkim.CHUNK = saved
     assert got == base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(body)).digest())
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=PIECES)
+def test_line_endings_made_crlf_as_the_regex_makes_them(data: bytes) -> None:
+    assert compose.crlf(data) == re.sub(rb"\r?\n|\r(?!\n)", b"\r\n", data)
 
 
 @settings(max_examples=50, deadline=None)
