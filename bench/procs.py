@@ -57,3 +57,18 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def command_line(module: str, argv: list[str]) -> str:
+    """``python -m module`` and its arguments as given, without ``--out FILE`` (where the
+    report was written is no part of how it was produced)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return " ".join(["python -m", module, *kept])
+

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import listening, memory_kib, roles
+from bench.procs import command_line, listening, memory_kib, roles
 from tests.helpers import Daemon, free_port, make_report, wait_for, wire
 
 
@@ -142,7 +142,7 @@ def main() -> int:
     p.add_argument("--cases", type=int, default=10000)
     p.add_argument("--out", default="docs/scale.md", help="markdown results ('' to skip)")
     args = p.parse_args()
-    command = "python -m bench.scale " + " ".join(sys.argv[1:])
+    command = command_line("bench.scale", sys.argv[1:])
     lines = ["# Memory for one big report, and many cases", "",
              f"Produced by `{command}` on {os.cpu_count()} cores. Peak RSS growth is VmHWM "
              "minus VmRSS before the report, per process; ratios are to the report's size on "

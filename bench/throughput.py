@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import answers_http, cpu_seconds, listening, memory_kib, roles
+from bench.procs import answers_http, command_line, cpu_seconds, listening, memory_kib, roles
 from tests import postfix
 from tests.helpers import Daemon, free_port, make_report, wait_for
 
@@ -294,7 +294,7 @@ def main() -> int:
         ("delivered / Postfix", [r.delivered["coc-mail"] / r.delivered["Postfix"] for r in runs]),
         ("p99 (s)", [r.p99 for r in runs]),
     ]
-    command = "python -m bench.throughput " + " ".join(sys.argv[1:])
+    command = command_line("bench.throughput", sys.argv[1:])
     lines = [
         "# Performance",
         "",

@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import cpu_seconds, roles
+from bench.procs import command_line, cpu_seconds, roles
 from bench.throughput import Sink, smtp_source, wait_copies
 from tests import postfix
 from tests.helpers import Daemon, free_port, wait_for
@@ -236,7 +236,7 @@ def main() -> int:
         ("page latency p99 (s)", pct(lat, 0.99)),
         ("web process CPU ms per report of the flood", med(lambda a, b: b.cpu.get("web", 0.0))),
     ]
-    command = "python -m bench.web_load " + " ".join(sys.argv[1:])
+    command = command_line("bench.web_load", sys.argv[1:])
     lines = [f"Produced by `{command}` on {os.cpu_count()} cores ({args.messages} reports of "
              f"{args.size} bytes over {args.sessions} sessions, {args.repeat} run(s); medians).",
              "", "| measure | value |", "|---|---|"]
