@@ -227,7 +227,13 @@ def counter(session: Session, tag: str, day: dt.date) -> AckBudget:
     """The :class:`AckBudget` row for ``tag``: one added earlier in this unit of work (not yet
     flushed, so ``get`` cannot see it), the stored one, or a new one at 0. Two counts of the
     same tag in one message (a message to two addresses of one member) must share a row."""
-    for pending in session.new:
-        if isinstance(pending, AckBudget) and pending.tag == tag:
-            return pending
-    return session.get(AckBudget, tag) or AckBudget(tag=tag, day=day, count=0)
+    made: dict[str, AckBudget] = session.info.setdefault("ack_budgets", {})
+    pending = made.get(tag)
+    if pending is not None and pending in session:  # not rolled back: still this session's
+        return pending
+    row = session.get(AckBudget, tag)
+    if row is None:
+        # Remembered by tag: looking for it among every object the unit of work added (a
+        # batch's copies and cases) cost a scan of them all for each count.
+        row = made[tag] = AckBudget(tag=tag, day=day, count=0)
+    return row
