@@ -65,6 +65,9 @@ def main() -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default="")
     p.add_argument("--raw", default="", help="keep py-spy's collapsed stacks in this folder")
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL (Python's own work; without "
+                        "it a thread waiting for a core or the GIL is sampled too)")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if reason := postfix.available():
@@ -91,7 +94,8 @@ def main() -> int:
         procs = roles(d.proc.pid)
         spies = {role: subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
-             "--nonblocking", "--output", str(out_dir / f"{role.replace(' ', '-')}.txt")],
+             "--nonblocking", *(["--gil"] if args.gil else []),
+             "--output", str(out_dir / f"{role.replace(' ', '-')}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for role, pid in procs.items()}
         time.sleep(1.0)
         before = {role: cpu_seconds(pid) for role, pid in procs.items()}

@@ -13,7 +13,7 @@ from coc_mail.cases.unit import Unit
 from coc_mail.config import Member
 from coc_mail.mail import readable
 from coc_mail.mail.addresses import Kind, Recipient
-from coc_mail.mail.message import header_block, without_client_fields
+from coc_mail.mail.message import header_block, with_head, without_client_fields
 from coc_mail.mail.redact import Redactor
 from coc_mail.store import Case, CodeName, SentCopy
 
@@ -223,4 +223,5 @@ def _without_addressing(content: bytes) -> bytes:
     """The message without its own top-level recipient fields: the addresses of ours it was
     sent to are its addressing, not mail of ours it quotes (nested messages keep theirs)."""
     head = header_block(content)
-    return _ADDRESSING.sub(b"", head) + content[len(head):]
+    stripped = _ADDRESSING.sub(b"", head)
+    return content if stripped == head else with_head(stripped, content, len(head))

@@ -83,7 +83,13 @@ def without_client_fields(content: bytes) -> bytes:
     """The message without those fields in its own header (nested messages keep theirs)."""
     head = header_block(content)
     stripped = _CLIENT_FIELD.sub(b"", head)
-    return content if stripped == head else stripped + content[len(head):]
+    return content if stripped == head else with_head(stripped, content, len(head))
+
+
+def with_head(head: bytes, content: bytes, old: int) -> bytes:
+    """``content`` with its first ``old`` bytes (its header) replaced by ``head``: one copy of
+    the body, not two (a slice, then the sum: 3x a 25 MiB report at the peak)."""
+    return b"".join((head, memoryview(content)[old:]))
 
 
 def header_block(content: bytes) -> bytes:
