@@ -227,13 +227,12 @@ def counter(session: Session, tag: str, day: dt.date) -> AckBudget:
     """The :class:`AckBudget` row for ``tag``: one added earlier in this unit of work (not yet
     flushed, so ``get`` cannot see it), the stored one, or a new one at 0. Two counts of the
     same tag in one message (a message to two addresses of one member) must share a row."""
-    made: dict[str, AckBudget] = session.info.setdefault("ack_budgets", {})
-    pending = made.get(tag)
-    if pending is not None and pending in session:  # not rolled back: still this session's
-        return pending
-    row = session.get(AckBudget, tag)
-    if row is None:
-        # Remembered by tag: looking for it among every object the unit of work added (a
-        # batch's copies and cases) cost a scan of them all for each count.
-        row = made[tag] = AckBudget(tag=tag, day=day, count=0)
+    # Remembered by tag for the session's life: looking among every object the unit of work
+    # added (a batch's copies and cases) cost a scan of them all for each count, and a row
+    # only the identity map held (weakly) was gone after each flush, read again each time.
+    known: dict[str, AckBudget] = session.info.setdefault("ack_budgets", {})
+    row = known.get(tag)
+    if row is not None and row in session:  # not expunged by a rollback: still this session's
+        return row
+    row = known[tag] = session.get(AckBudget, tag) or AckBudget(tag=tag, day=day, count=0)
     return row
