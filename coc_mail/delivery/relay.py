@@ -147,12 +147,36 @@ def _stuff_dots(message: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
+MEMO_BYTES = 8 << 20  # encoded body parts kept for the next copies of the same body
+_memo: dict[bytes, bytes] = {}
+_memo_size = 0
+
+
+def _encoded(part: bytes) -> bytes:
+    """A body part made DATA-safe, remembered while its body's other copies go out: the
+    copies of one report share their body parts (the same objects), so the five passes over
+    it run once, not once a copy. A ``bytes`` keeps its hash and a dict compares the same
+    object by identity, so a hit costs no pass over the part."""
+    global _memo_size
+    if len(part) > MEMO_BYTES // 8:
+        return _stuff_dots(_line_endings(part))
+    found = _memo.get(part)
+    if found is None:
+        found = _memo[part] = _stuff_dots(_line_endings(part))
+        _memo_size += len(part) + len(found)
+        while _memo_size > MEMO_BYTES:  # the oldest first (dicts keep insertion order)
+            old = next(iter(_memo))
+            _memo_size -= len(old) + len(_memo.pop(old))
+    return found
+
+
 def encode_data(parts: Sequence[bytes]) -> list[bytes]:
-    """The DATA payload of a message given in parts, end marker included. Parts that each end
-    with CRLF are encoded one by one (a 25 MiB copy is never joined); otherwise the join."""
+    """The DATA payload of a message given in parts (its own header first, then its body's
+    parts), end marker included. Parts that each end with CRLF are encoded one by one (a
+    25 MiB copy is never joined); otherwise the join."""
     filled = [p for p in parts if p]
     if filled and all(p.endswith(b"\r\n") for p in filled[:-1]):
-        return [_stuff_dots(_line_endings(p)) for p in filled] + [b".\r\n"]
+        return [_stuff_dots(_line_endings(filled[0])), *map(_encoded, filled[1:]), b".\r\n"]
     return [_stuff_dots(_line_endings(b"".join(parts))), b".\r\n"]
 
 

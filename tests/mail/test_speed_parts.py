@@ -133,6 +133,9 @@ def test_data_encoding_sends_what_aiosmtplib_would(message: bytes, cut: int) -> 
         b"..", aiosmtplib.protocol.normalize_message_line_endings(message)) + b".\r\n"
     assert b"".join(encode_data([message])) == original
     assert b"".join(encode_data([message[:cut], message[cut:]])) == original
+    body = message[cut:]  # the next copies of the same body: its encoding remembered
+    assert b"".join(encode_data([message[:cut], body])) == original
+    assert b"".join(encode_data([message[:cut], body])) == original
 
 
 def test_data_reader_unstuffs_dots_and_refuses_long_lines_then_carries_on(
