@@ -13,12 +13,14 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import anyio
+import anyio.to_thread
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import func, select
 from sqlmodel import Session
@@ -64,6 +66,7 @@ SCRIPT_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-
               "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SHOWN = 100  # cases on the case list and rows on the status page (downloads hold them all)
 MAX_FORM = 256 << 10  # bytes of one form (a follow-up's or note's text fits many times)
+WRITERS = 4  # threads at once for posted forms and mailed links (they may wait to write)
 
 
 class SecurityHeaders:
@@ -159,6 +162,22 @@ class Web:
         self.links_in_use = auth.RateLimit(30, 600)  # link pages per client address
         self.flash: dict[str, list[str]] = {}  # session hash -> answers to show once
         self.lock = threading.Lock()
+        self._writers: anyio.CapacityLimiter | None = None  # made in the event loop
+
+    def writing(self, handler: Callable[[Request], Response]
+                ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` run in a thread of its own pool of :data:`WRITERS`: a write waits for
+        SQLite's write turn (the processor's batch may hold it for seconds), and waiting
+        writers must not take every thread the pages share."""
+        async def endpoint(request: Request) -> Response:
+            response: Response = await self.in_writer(handler, request)
+            return response
+        return endpoint
+
+    async def in_writer(self, func: Callable[..., Any], *args: Any) -> Any:
+        if self._writers is None:
+            self._writers = anyio.CapacityLimiter(WRITERS)
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._writers)
 
     # -- plumbing -------------------------------------------------------------------------
     @property
@@ -255,7 +274,7 @@ class Web:
         # is queued after the response has gone.
         response = self.page("login_sent.html", request, member=None, csrf="")
         if member is not None:
-            response.background = BackgroundTask(self._send_link, member)
+            response.background = BackgroundTask(self.in_writer, self._send_link, member)
         return response
 
     def _send_link(self, member: Member) -> None:
@@ -631,20 +650,21 @@ class Web:
         routes = [
             Route("/", self.home),
             Route("/login", self.login_form, methods=["GET"]),
-            Route("/login", self.login, methods=["POST"]),
+            Route("/login", self.writing(self.login), methods=["POST"]),
             Route("/login/{token}", self.link_page, methods=["GET"]),
-            Route("/login/{token}", self.use_link, methods=["POST"]),
-            Route("/logout", self.logout, methods=["POST"]),
+            Route("/login/{token}", self.writing(self.use_link), methods=["POST"]),
+            Route("/logout", self.writing(self.logout), methods=["POST"]),
             Route("/cases/{code}", self.case_page),
             Route("/cases/{code}/files/{index:int}", self.download),
-            Route("/cases/{code}/{command}", self.command, methods=["POST"]),
+            Route("/cases/{code}/{command}", self.writing(self.command), methods=["POST"]),
             Route("/passkey", self.passkey_page, methods=["GET"]),
-            Route("/passkey/options", self.passkey_options, methods=["POST"]),
-            Route("/passkey/verify", self.passkey_verify, methods=["POST"]),
+            Route("/passkey/options", self.writing(self.passkey_options), methods=["POST"]),
+            Route("/passkey/verify", self.writing(self.passkey_verify), methods=["POST"]),
             Route("/account", self.account, methods=["GET"]),
-            Route("/account/passkeys/options", self.passkey_register_options, methods=["POST"]),
-            Route("/account/passkeys", self.passkey_register, methods=["POST"]),
-            Route("/account/passkeys/remove", self.passkey_remove, methods=["POST"]),
+            Route("/account/passkeys/options", self.writing(self.passkey_register_options),
+                  methods=["POST"]),
+            Route("/account/passkeys", self.writing(self.passkey_register), methods=["POST"]),
+            Route("/account/passkeys/remove", self.writing(self.passkey_remove), methods=["POST"]),
             Route("/status", self.status_page),
             Route("/status.{fmt}", self.status_page),
             Route("/static/{name}", self.static),

@@ -9,10 +9,12 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import anyio.to_thread
 import uvicorn
 from sqlmodel import Session
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from coc_mail import config as config_mod
 from coc_mail.app import build
@@ -23,6 +25,42 @@ from coc_mail.web import auth
 from coc_mail.web.pages import Web
 
 log = logging.getLogger(__name__)
+MAX_HEAD = 65536  # bytes of a request line and header fields; past them: 431, as h11 answers
+TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+             b"content-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\n"
+             b"connection: close\r\n\r\nRequest header fields too large.\n")
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol (HTTP parsed in C) with h11's bound on a request's head.
+    httptools has none of its own: uvicorn appends every header it hands over, and a header
+    value fed in pieces is regrown on each one, so one client could send megabytes of
+    header before signing in. Bytes are counted from a request's start to the end of its
+    header fields; past :data:`MAX_HEAD` the connection is answered 431 and closed (at most
+    one read beyond the limit is parsed)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (self._in_head and self._head_bytes > MAX_HEAD and self.transport is not None
+                and not self.transport.is_closing()):
+            self.transport.write(TOO_LARGE)
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True  # what comes next on this connection is another request's head
+        super().on_message_complete()
+
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -51,7 +89,7 @@ async def serve(settings: Settings, config_path: str | None, fd: int, lifeline_f
         web.asgi(), log_level="warning", access_log=False,  # paths hold sign-in tokens
         proxy_headers=True, forwarded_allow_ips=list(settings.web.trusted_proxies),
         server_header=False, lifespan="off", timeout_keep_alive=30,
-        limit_concurrency=1000, h11_max_incomplete_event_size=65536,
+        limit_concurrency=1000, http=BoundedHttpTools,
     )
     server = uvicorn.Server(config)
     # Pages are synchronous (database work) and run in threads: no more at once than the

@@ -15,7 +15,9 @@ stays fixed.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -140,6 +142,27 @@ def test_a_chunked_form_is_held_to_the_form_limit(web: Daemon) -> None:
                     headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code in (403, 413), \
         f"a 35 MiB chunked form was read and accepted ({r.status_code})"
+
+
+# -- httptools has no bound of its own on a request's head ------------------------------
+def test_a_request_head_past_64_kib_is_refused_before_sign_in(web: Daemon) -> None:
+    """A header sent in pieces, past 64 KiB: answered 431 and the connection closed (as h11
+    would), not buffered without end; the web view answers the next request as ever."""
+    host, _, port = web.extra["web"]["listen"].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        answer = b""
+        try:
+            for _ in range(64):  # up to 1 MiB, in 16 KiB pieces
+                sock.sendall(b"a" * 16384)
+                time.sleep(0.005)
+        except OSError:
+            pass  # closed on us: what is asked
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert httpx.get(web_url(web) + "/login", timeout=30).status_code == 200
 
 
 # -- F4: rate limits reset when their dict passes 10,000 keys ------------------------------
@@ -373,3 +396,38 @@ def test_a_sign_out_waiting_for_the_database_does_not_stall_everyone(web: Daemon
     holder.join()
     db.close()
     assert waited < 1, f"GET /login waited {waited:.1f} s behind another member's sign-out"
+
+
+def test_many_writers_waiting_for_the_database_leave_the_pages_their_threads(
+        web: Daemon) -> None:
+    """Page handlers share a pool of threads as large as the database pool (8); posted forms
+    have a smaller pool of their own. Twelve sign-outs waiting for SQLite's write lock (a
+    test connection holds it for 5 s) must not take every thread: pages still answer."""
+    import sqlite3
+
+    ada = sign_in(web, "ada@example.net")
+    csrf = csrf_of(ada.get("/").text)
+    members = [httpx.Client(base_url=web_url(web), cookies=ada.cookies, timeout=30)
+               for _ in range(12)]  # twelve tabs of one session, each signing out
+    tokens = [csrf] * len(members)
+    db = sqlite3.connect(web.database.removeprefix("sqlite:///"), timeout=1,
+                         check_same_thread=False)
+    db.execute("BEGIN IMMEDIATE")  # the write lock
+    answers: list[int] = []
+    waiting = [threading.Thread(target=lambda m=m, t=t: answers.append(
+        m.post("/logout", data={"csrf": t}).status_code))
+        for m, t in zip(members, tokens, strict=True)]
+    for w in waiting:
+        w.start()
+    time.sleep(1.0)  # every sign-out is waiting for its write turn by now
+    start = time.perf_counter()
+    pages = [httpx.get(web_url(web) + "/login", timeout=30).status_code for _ in range(3)]
+    waited = time.perf_counter() - start
+    db.rollback()
+    db.close()
+    for w in waiting:
+        w.join(30)
+    assert pages == [200, 200, 200]
+    assert waited < 2, f"three sign-in pages took {waited:.1f} s behind 12 waiting sign-outs"
+    assert answers == [303] * len(members)  # and the sign-outs went through
+    assert ada.get("/").headers.get("location") == "/login"
