@@ -99,3 +99,18 @@ def test_an_old_database_is_sealed_on_upgrade(database_url: str, tmp_path: Path)
         assert actor[:1] == b"\x01" and keys.open_text(actor, "audit_log.actor") == "ada"
     store.migrate(engine, keys)
     engine.dispose()
+
+
+def test_the_migrations_make_the_schema_the_models_describe(database_url: str) -> None:
+    """Upgraded to head, the database has every table, column and index of
+    :mod:`coc_mail.store.tables` and nothing else (alembic's own comparison, as
+    ``alembic check`` makes it): a model changed without its migration fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = store.make_engine(database_url)
+    store.migrate(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
