@@ -350,20 +350,64 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
   instead of four, and half the wake-ups on both sides. Connections are pooled; delivered
   copies are deleted in batches in the background.
 
+## What "shipped defaults" means here
+
+The daemon runs the example configuration's defaults: `server.workers = 0` (a processor
+and a delivery worker per core: two on 2 cores), `delivery.workers = 0` (20 relay
+connections in all, 10 per delivery process here), inbound DKIM verification on,
+acknowledgments on (their daily budget per address), the processing budget on (structural
+limits, the watchdog and the kernel's CPU timer), the web view listening. Only the flood
+digest is off: smtp-source sends every report from one sender, which the digest would fold
+into one notice an hour. `--tuned` runs the settings of the earlier figures beside it
+(16 copies in flight per delivery process, no inbound DKIM verification, no
+acknowledgments), labelled. What the parts cost: the idle web view 0.00-0.02 ms of CPU per
+report (its start-up, about a second of CPU, is before the load); the processing budget a
+few microseconds a message (a CPU clock read, a timer armed, one `pwrite`); the web view
+under 50 members browsing: `docs/web-load.md`. Two daemons on one PostgreSQL:
+`docs/postgres.md` (`python -m bench.postgres`).
+
 ## Where the time goes, and what is left
 
-The CPU rows above are per report, all processes together about 7-8 ms, on a machine with
-2 cores that also runs smtp-source and smtp-sink: coc-mail keeps both cores busy until the
-last copy is out, so it is CPU-bound. Postfix sends each report once, as one transaction
-with five RCPTs. coc-mail cannot: every member's copy carries that member's own case
-address (a secret token) in `Reply-To:` and its own Message-ID and bounce address (SPEC
-1.4, 3), so it sends five transactions and signs five times (an RSA-2048 signature is
-about 0.25 ms, five are more than 1 ms of every report; signing only the headers copies
-share would leave `Reply-To:` unsigned, against RFC 6376 5.4, and let a replayed copy be
-re-pointed at an attacker). The largest costs left are those five signatures, the SMTP
-writes (each wakes smtp-sink), and SQLAlchemy's per-statement work in the processor.
-Tried and left out: remembering dkimpy's canonical form of the header fields a report's
-copies share saved 17 us of a 380 us signature, not worth its code.
+`python -m bench.profile` samples every process under the same flood with py-spy (`--gil`
+for Python's own work only: without it, a thread waiting for a core is sampled too, and a
+nice-2 processor on 2 cores waits often). The CPU rows above are per report, all processes
+together about 9 ms; Postfix's is a fraction of it, in C, with one transaction a report.
+coc-mail keeps both cores busy until the last copy is out (with smtp-source and smtp-sink
+on the same two cores), so it is CPU-bound, and the processor, the one serial stage, sets
+the pace once intake is done.
+
+* **Processing (about 3.4 ms a report)**: SQLAlchemy's unit of work is a third of it (the
+  case row, its standings, audit entry, counters and five queued copies, flushed after each
+  message so the next one sees it); the privacy scans of every report (addresses of ours
+  in any decoded form, in every MIME part, base64 windows and the raw bytes) about 15 %;
+  building the forwarded body (what a client shows, quoted-printable) about 10 %.
+* **Delivery (about 4.2 ms a report, five copies)**: every member's copy carries that
+  member's own case address (a secret token) in `Reply-To:` and its own Message-ID and
+  bounce address (SPEC 1.4, 3), so a report is five transactions and five signatures where
+  Postfix sends one transaction with five RCPTs (signing only the headers copies share
+  would leave `Reply-To:` unsigned, against RFC 6376 5.4, and let a replayed copy be
+  re-pointed). The RSA-2048 signatures are 5 x 0.24 ms (OpenSSL, off the GIL); dkimpy's
+  header handling around them (parsing, relaxed canonicalisation, folding) about a fifth of
+  the process; the SMTP writes (each wakes smtp-sink, which also runs here) most of the rest.
+* **Intake (about 1.3 ms a report)**: the spool's group commit, and aiosmtpd's set-up of each
+  session (it inspects its handler's methods for every connection: about a tenth; smtp-source
+  sends one message per connection).
+
+Between this and 1.0 x Postfix's delivery: about half the CPU of every report. The next
+steps in order of size: header signing without dkimpy's per-copy parsing (the copies'
+headers are ours, built a moment before); the processor's rows written with Core
+statements instead of ORM objects; aiosmtpd's per-session set-up made once.
+
+Found and fixed on the way (issue 14): the quote scanner ran its attribution patterns over
+every line of every forwarded report (a regex alternation searched along each line; the
+processor's largest cost): it now tries them only on lines that end as an attribution
+does, exactly the same result; line endings and DKIM's relaxed body form by `bytes.replace`
+instead of per-match regex substitution; the acknowledgment and flood counters were
+re-read for every report (a flushed row falls out of the identity map); a body part's DATA
+encoding is made once for all its copies. Together, with the machine-chosen
+`delivery.workers`, they took the shipped defaults from 1.18 to about 1.8 x Postfix's accept
+rate and from 0.36 to about 0.5 x its delivery. Tried and left out: the processor at nice 0
+(intake fell to 1.52 x, delivery did not rise: 0.49 against 0.56 in the same session).
 """
 
 
