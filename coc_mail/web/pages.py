@@ -162,6 +162,7 @@ class Web:
         self.links_in_use = auth.RateLimit(30, 600)  # link pages per client address
         self.flash: dict[str, list[str]] = {}  # session hash -> answers to show once
         self.lock = threading.Lock()
+        self.sent: set[str] = set()  # follow-up forms' one-time marks already sent
         self._writers: anyio.CapacityLimiter | None = None  # made in the event loop
 
     def writing(self, handler: Callable[[Request], Response]
@@ -588,6 +589,10 @@ class Web:
             code_name = case.code_name if case else ""
         if case is None or name not in actions.WEB_COMMANDS:
             return self.not_found(request, member)
+        if name == "followup" and not self._first_send(fields.get("once", "")):
+            self._put_flash(request, ["This follow-up was sent already (the form was sent "
+                                      "twice): it went to the reporter once."])
+            return RedirectResponse(f"/cases/{code_name.replace(' ', '-')}", 303)
         outcome = actions.run(self.app, member, code_name, name, fields, self.on_queued)
         if name == "preview":
             return self._preview(request, member, code_name, fields, outcome.answers)
@@ -596,6 +601,20 @@ class Web:
             still = access.case_of(self.app, session, member, code_name) is not None
         slug = code_name.replace(" ", "-")
         return RedirectResponse(f"/cases/{slug}" if still else "/", 303)
+
+    def _first_send(self, once: str) -> bool:
+        """Whether the preview page's one-time mark ``once`` comes for the first time: a
+        follow-up form sent twice (a double click, a reload that posts again) is sent once.
+        A form without the mark (none before this release) goes as it is."""
+        if not once:
+            return True
+        with self.lock:
+            if once in self.sent:
+                return False
+            if len(self.sent) > 10_000:
+                self.sent.clear()  # the oldest marks are hours old: their pages are gone
+            self.sent.add(once)
+        return True
 
     def _preview(self, request: Request, member: Member, code_name: str,
                  fields: dict[str, str], answers: list[str]) -> Response:
@@ -608,7 +627,8 @@ class Web:
                          v=shown, slug=code_name.replace(" ", "-"), sections=document.SECTIONS,
                          templates=self._templates(), flash=[], preview=answers,
                          draft={"template": fields.get("template", ""),
-                                "text": fields.get("text", "")})
+                                "text": fields.get("text", "")},
+                         once=secrets.token_urlsafe(16))
 
     def status_page(self, request: Request) -> Response:
         member = self.member(request)

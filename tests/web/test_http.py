@@ -4,6 +4,7 @@ member's download, a non-member at /login, too many sign-ins)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -219,6 +220,29 @@ def test_commands_from_the_page_are_the_mail_commands(web: Daemon) -> None:
     assert "Sent to the reporter" in page.text
     audit = web.cli("audit", code).stdout
     assert "follow-up sent" in audit and "status sheet updated" in audit
+
+
+def test_a_follow_up_sent_twice_from_its_preview_goes_once(web: Daemon) -> None:
+    """A double click (or a reload that posts again) on the preview's Send button: the
+    reporter gets the follow-up once; the second post is answered on the page."""
+    code = open_case(web)
+    ada = sign_in(web, "ada@example.net")
+    csrf = csrf_of(ada.get(f"/cases/{slug(code)}").text)
+    preview = ada.post(f"/cases/{slug(code)}/preview", data={
+        "csrf": csrf, "template": "followup", "text": "Once only, please."})
+    found = re.search(r'name="once" value="([^"]+)"', preview.text)
+    assert found is not None, "the preview's form carries no one-time mark"
+    form = {"csrf": csrf, "template": "followup", "text": "Once only, please.",
+            "once": found.group(1)}
+    assert [ada.post(f"/cases/{slug(code)}/followup", data=form).status_code
+            for _ in range(2)] == [303, 303]
+    wait_for(lambda: any(c.to == REPORTER and "Once only" in c.text for c in web.delivered()),
+             20, "the follow-up at the reporter")
+    time.sleep(2)  # a second copy would be delivered by now
+    assert sum(c.to == REPORTER and "Once only" in c.text for c in web.delivered()) == 1
+    assert "sent already" in ada.get(f"/cases/{slug(code)}").text
+    audit = web.cli("audit", code).stdout
+    assert audit.count("follow-up sent") == 1
 
 
 def test_recusing_by_mail_ends_the_open_page_at_once(web: Daemon) -> None:
