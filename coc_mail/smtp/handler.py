@@ -9,12 +9,16 @@ later, in :mod:`coc_mail.cases.processor`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any, cast
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
@@ -138,6 +142,36 @@ TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words
 TOO_MUCH = "552 Error: Too much mail data"
 
 
+class _SessionInspect:
+    """What :mod:`aiosmtpd.smtp` asks of :mod:`inspect` when it sets up each session, from a
+    cache per class: the ``auth_*`` methods of the protocol and of the handler (it looks
+    through every member of both, a quarter of the intake's CPU with one message a
+    connection, as smtp-source and most MTAs send) and the EHLO hook's parameters. Only
+    that module sees it (its only two uses of :mod:`inspect`); aiosmtpd is pinned below 1.5
+    in pyproject.toml, where these internals are read."""
+
+    def __init__(self) -> None:
+        self._names: dict[type, tuple[str, ...]] = {}
+        self._signatures: dict[Any, inspect.Signature] = {}
+
+    def getmembers(self, obj: object) -> list[tuple[str, Any]]:
+        names = self._names.get(type(obj))
+        if names is None:
+            names = self._names[type(obj)] = tuple(
+                name for name, _ in inspect.getmembers(obj) if name.startswith("auth_"))
+        return [(name, getattr(obj, name)) for name in names]
+
+    def signature(self, func: Any) -> inspect.Signature:
+        key = (getattr(func, "__func__", func), hasattr(func, "__self__"))
+        found = self._signatures.get(key)
+        if found is None:
+            found = self._signatures[key] = inspect.signature(func)
+        return found
+
+
+aiosmtpd.smtp.inspect = _SessionInspect()  # type: ignore[attr-defined,assignment]
+
+
 class BoundedSMTP(SMTP):
     """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it), on the DATA bytes
     all sessions hold in memory together (``server.max_data_memory_bytes``; a session that
@@ -167,6 +201,25 @@ class BoundedSMTP(SMTP):
         self._counted = False
         self._ip = ""
         self._deadline: asyncio.TimerHandle | None = None
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser for MAIL and RCPT, without the class it defines on every
+        call (a ``typing.Protocol``, for its type checker: a class built for each address)."""
+        if not arg:
+            return "", ""
+        address: Any
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr = str(address.addr_spec)
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read into one growing buffer. aiosmtpd keeps every line as an object of its
