@@ -381,33 +381,39 @@ the pace once intake is done.
   message so the next one sees it); the privacy scans of every report (addresses of ours
   in any decoded form, in every MIME part, base64 windows and the raw bytes) about 15 %;
   building the forwarded body (what a client shows, quoted-printable) about 10 %.
-* **Delivery (about 4.2 ms a report, five copies)**: every member's copy carries that
+* **Delivery (about 3.6-4 ms a report, five copies)**: every member's copy carries that
   member's own case address (a secret token) in `Reply-To:` and its own Message-ID and
   bounce address (SPEC 1.4, 3), so a report is five transactions and five signatures where
   Postfix sends one transaction with five RCPTs (signing only the headers copies share
   would leave `Reply-To:` unsigned, against RFC 6376 5.4, and let a replayed copy be
-  re-pointed). The RSA-2048 signatures are 5 x 0.24 ms (OpenSSL, off the GIL); dkimpy's
-  header handling around them (parsing, relaxed canonicalisation, folding) about a fifth of
-  the process; the SMTP writes (each wakes smtp-sink, which also runs here) most of the rest.
-* **Intake (about 1.3 ms a report)**: the spool's group commit, and aiosmtpd's set-up of each
-  session (it inspects its handler's methods for every connection: about a tenth; smtp-source
-  sends one message per connection).
+  re-pointed). The RSA-2048 signatures are 5 x 0.24 ms (OpenSSL, off the GIL); the header
+  signing around them is now coc-mail's own (dkimpy's result byte for byte, without its
+  per-message objects); the SMTP writes, two a copy (the commands, then the content), each
+  waking smtp-sink (which runs on the same cores), are most of the rest.
+* **Intake (about 1.3 ms a report)**: the spool's group commit, reading DATA, and what is
+  left of aiosmtpd's set-up of each session (smtp-source, like most MTAs, sends one
+  message a connection).
 
 Between this and 1.0 x Postfix's delivery: about half the CPU of every report. The next
-steps in order of size: header signing without dkimpy's per-copy parsing (the copies'
-headers are ours, built a moment before); the processor's rows written with Core
-statements instead of ORM objects; aiosmtpd's per-session set-up made once.
+steps in order of size: the processor's rows written with Core statements instead of ORM
+objects (a third of the serial stage); a copy's content and the next copy's commands
+written as one pipelined group (RFC 2920 allows it: one write and one wake-up of the relay
+a copy instead of two); the privacy scans sharing one decoding of each part.
 
 Found and fixed on the way (issue 14): the quote scanner ran its attribution patterns over
 every line of every forwarded report (a regex alternation searched along each line; the
-processor's largest cost): it now tries them only on lines that end as an attribution
-does, exactly the same result; line endings and DKIM's relaxed body form by `bytes.replace`
-instead of per-match regex substitution; the acknowledgment and flood counters were
-re-read for every report (a flushed row falls out of the identity map); a body part's DATA
-encoding is made once for all its copies. Together, with the machine-chosen
-`delivery.workers`, they took the shipped defaults from 1.18 to about 1.8 x Postfix's accept
-rate and from 0.36 to about 0.5 x its delivery. Tried and left out: the processor at nice 0
-(intake fell to 1.52 x, delivery did not rise: 0.49 against 0.56 in the same session).
+processor's largest cost): it now tries them only on lines that end as an attribution does,
+exactly the same result; line endings and DKIM's relaxed body form by `bytes.replace`
+instead of per-match regex substitution; the acknowledgment and flood counters were re-read
+for every report (a flushed row falls out of the identity map); a body part's DATA encoding
+is made once for all its copies; DKIM header signing without dkimpy's objects (delivery's
+CPU a report from 4.2 to 3.6 ms in the profiled run); aiosmtpd's per-session look through
+every method of the protocol and handler cached per class, and its address parser without
+the class it built for every MAIL and RCPT (a quarter of the intake's samples in the
+profile). Together, with the machine-chosen `delivery.workers`, they took the shipped
+defaults from 1.18 to about 1.8 x Postfix's accept rate and from 0.36 to about 0.5 x its
+delivery. Tried and left out: the processor at nice 0 (intake fell to 1.52 x, delivery did
+not rise: 0.49 against 0.56 in the same session).
 """
 
 
