@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import email
 import os
+import random
 import signal
 import smtplib
 import socket
@@ -37,8 +38,31 @@ MEMBERS: list[dict[str, Any]] = [
 ]
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, for a server a test starts later: taken at random below the
+    kernel's ephemeral range (a port the kernel handed out for port 0 is one it also gives
+    to outgoing connections, the test's own among them, which took it in between: "Address
+    already in use" now and then in CI)."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        if port in ephemeral:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range is full: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
