@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import answers_http, roles
+from bench.procs import answers_http, flood_options, roles
 from bench.throughput import DEFAULTS, MEMBERS, Sink, smtp_source, wait_copies
 from tests import postfix
 from tests.conftest import _drop_pg_database, _fresh_pg_database
@@ -108,10 +108,7 @@ def run_once(args: argparse.Namespace, sink: Sink) -> dict[str, Figures]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database", default=os.environ.get("COC_MAIL_TEST_PG", ""))
-    p.add_argument("--messages", type=int, default=1000)
-    p.add_argument("--sessions", type=int, default=20)
-    p.add_argument("--size", type=int, default=10240)
-    p.add_argument("--repeat", type=int, default=3)
+    flood_options(p, messages=1000)
     p.add_argument("--out", default="")
     args = p.parse_args()
     if not args.database.startswith("postgresql"):

@@ -3,6 +3,7 @@ processes by role, their memory and CPU time (from /proc)."""
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import os
 import socket
@@ -71,4 +72,14 @@ def command_line(module: str, argv: list[str]) -> str:
         elif not arg.startswith("--out="):
             kept.append(arg)
     return " ".join(["python -m", module, *kept])
+
+
+def flood_options(parser: argparse.ArgumentParser, messages: int, repeat: int | None = 3) -> None:
+    """The options of smtp-source's flood every benchmark takes: how many reports, over how
+    many sessions, of what size (and how many runs, where there are several)."""
+    parser.add_argument("--messages", type=int, default=messages, help="reports in the flood")
+    parser.add_argument("--sessions", type=int, default=20, help="smtp-source's sessions")
+    parser.add_argument("--size", type=int, default=10240, help="bytes of each report")
+    if repeat is not None:
+        parser.add_argument("--repeat", type=int, default=repeat, help="runs (medians reported)")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import answers_http, cpu_seconds, roles
+from bench.procs import answers_http, cpu_seconds, flood_options, roles
 from bench.throughput import DEFAULTS, MEMBERS, Sink, smtp_source, wait_copies
 from tests import postfix
 from tests.helpers import Daemon, free_port, wait_for
@@ -59,9 +59,7 @@ def summarise(raw: Path, top: int) -> tuple[int, list[tuple[float, str]], list[t
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", type=int, default=1500)
-    p.add_argument("--sessions", type=int, default=20)
-    p.add_argument("--size", type=int, default=10240)
+    flood_options(p, messages=1500, repeat=None)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default="")
     p.add_argument("--raw", default="", help="keep py-spy's collapsed stacks in this folder")

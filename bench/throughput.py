@@ -33,7 +33,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import answers_http, command_line, cpu_seconds, listening, memory_kib, roles
+from bench.procs import (
+    answers_http,
+    command_line,
+    cpu_seconds,
+    flood_options,
+    listening,
+    memory_kib,
+    roles,
+)
 from tests import postfix
 from tests.helpers import Daemon, free_port, make_report, wait_for
 
@@ -240,10 +248,7 @@ def coc_mail(args: argparse.Namespace, sink: Sink, result: Run,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", type=int, default=500)
-    p.add_argument("--sessions", type=int, default=20)
-    p.add_argument("--size", type=int, default=10240)
-    p.add_argument("--repeat", type=int, default=3)
+    flood_options(p, messages=500)
     p.add_argument("--latency-reports", type=int, default=100)
     p.add_argument("--out", default="docs/performance.md")
     p.add_argument("--tuned", action="store_true",

@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import command_line, cpu_seconds, roles
+from bench.procs import command_line, cpu_seconds, flood_options, roles
 from bench.throughput import Sink, smtp_source, wait_copies
 from tests import postfix
 from tests.helpers import Daemon, free_port, wait_for
@@ -188,10 +188,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", type=int, default=500)
-    p.add_argument("--sessions", type=int, default=20)
-    p.add_argument("--size", type=int, default=10240)
-    p.add_argument("--repeat", type=int, default=3)
+    flood_options(p, messages=500)
     p.add_argument("--think", type=float, default=1.0,
                    help="seconds between a member's page requests (0: as fast as answered)")
     p.add_argument("--out", default="")
