@@ -381,12 +381,13 @@ coc-mail keeps both cores busy until the last copy is out (with smtp-source and 
 on the same two cores), so it is CPU-bound, and the processor, the one serial stage, sets
 the pace once intake is done.
 
-* **Processing (about 3.4 ms a report)**: SQLAlchemy's unit of work is a third of it (the
+* **Processing (3.2-3.7 ms a report, as the machine's speed swings)**: SQLAlchemy's unit of
+  work is a third of it (the
   case row, its standings, audit entry, counters and five queued copies, flushed after each
   message so the next one sees it); the privacy scans of every report (addresses of ours
   in any decoded form, in every MIME part, base64 windows and the raw bytes) about 15 %;
   building the forwarded body (what a client shows, quoted-printable) about 10 %.
-* **Delivery (about 3.6-4 ms a report, five copies)**: every member's copy carries that
+* **Delivery (3.6-4.0 ms a report, five copies)**: every member's copy carries that
   member's own case address (a secret token) in `Reply-To:` and its own Message-ID and
   bounce address (SPEC 1.4, 3), so a report is five transactions and five signatures where
   Postfix sends one transaction with five RCPTs (signing only the headers copies share
