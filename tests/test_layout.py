@@ -131,3 +131,19 @@ def test_every_part_and_module_says_its_job() -> None:
     for folder in ("smtp", "mail", "cases", "delivery", "store"):
         doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
         assert doc and "import" in doc, f"coc_mail/{folder}/__init__.py: say what it may import"
+
+
+def test_every_file_the_package_reads_is_installed_with_it() -> None:
+    """A file of the package that is not Python (templates, the web view's pages and static
+    files, migrations) is in pyproject.toml's package data, or ``pip install .`` (the Docker
+    image) would leave it out and the daemon would fail where it reads it."""
+    import fnmatch
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["coc_mail"]
+    data = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data, "no data files found: the test looks in the wrong place"
+    missing = [f for f in data if not any(fnmatch.fnmatchcase(f, pat) for pat in patterns)]
+    assert missing == [], f"not installed by `pip install .`: {missing}"
