@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import command_line, cpu_seconds, flood_options, roles
+from bench.procs import answers_http, command_line, cpu_seconds, flood_options, roles
 from bench.throughput import Sink, smtp_source, wait_copies
 from tests import postfix
 from tests.helpers import Daemon, free_port, wait_for
@@ -126,11 +126,13 @@ def members_browsing(base: str, cookies: list[str], think: float, go: Any, stop:
     go.wait()
     with lock:
         side.pages, side.errors, side.latencies = 0, 0, []
+    cpu = time.process_time()
     stop.wait()
+    cpu = time.process_time() - cpu
     local_stop.set()
     for t in threads:
         t.join(10)
-    results.put((side.pages, side.errors, side.latencies))
+    results.put((side.pages, side.errors, side.latencies, cpu))
 
 
 def one(args: argparse.Namespace, sink: Sink, web: bool) -> Side:
@@ -150,10 +152,12 @@ def one(args: argparse.Namespace, sink: Sink, web: bool) -> Side:
     wait_for(lambda: len(roles(d.proc.pid)) > 1, 20, "worker processes")  # type: ignore[union-attr]
     time.sleep(1.0)
     browsers: multiprocessing.Process | None = None
-    results: multiprocessing.Queue[tuple[int, int, list[float]]] = multiprocessing.Queue()
+    results: multiprocessing.Queue[tuple[int, int, list[float], float]] = multiprocessing.Queue()
     go, stop = multiprocessing.Event(), multiprocessing.Event()
     if web:
         base = f"http://{extra['web']['listen']}"
+        port = int(base.rpartition(":")[2])
+        wait_for(lambda: answers_http(port), 30, "the web view")  # its start-up is done
         browsers = multiprocessing.Process(target=members_browsing, args=(
             base, list(sessions(d).values()), args.think, go, stop, results))
         browsers.start()
@@ -172,13 +176,18 @@ def one(args: argparse.Namespace, sink: Sink, web: bool) -> Side:
         side.cpu[group] = side.cpu.get(group, 0.0) + (cpu_seconds(pid) - before[role]) * 1000 / n
     stop.set()
     if browsers is not None:
-        side.pages, side.errors, side.latencies = results.get(timeout=60)
+        side.pages, side.errors, side.latencies, browsing = results.get(timeout=60)
+        side.cpu["browsers"] = browsing * 1000 / n
         browsers.join(30)
         side.pages = int(side.pages / elapsed)  # pages per second during the flood
     d.stop()
     sink.clear()
     shutil.rmtree(root, ignore_errors=True)
     return side
+
+
+def daemon_cpu(side: Side) -> float:
+    return sum(v for k, v in side.cpu.items() if k != "browsers")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -232,6 +241,12 @@ def main() -> int:
         ("page latency p50 (s)", pct(lat, 0.5)),
         ("page latency p99 (s)", pct(lat, 0.99)),
         ("web process CPU ms per report of the flood", med(lambda a, b: b.cpu.get("web", 0.0))),
+        ("load generator (the members' browsers) CPU ms per report",
+         med(lambda a, b: b.cpu.get("browsers", 0.0))),
+        ("the daemon's CPU ms per report (all processes) without the web view",
+         med(lambda a, b: daemon_cpu(a))),
+        ("the daemon's CPU ms per report (all processes) with 50 members browsing",
+         med(lambda a, b: daemon_cpu(b))),
     ]
     command = command_line("bench.web_load", sys.argv[1:])
     lines = [f"Produced by `{command}` on {os.cpu_count()} cores ({args.messages} reports of "
