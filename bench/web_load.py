@@ -10,9 +10,9 @@ delivered DKIM-signed to Postfix's smtp-sink. Shipped defaults otherwise (inboun
 verification on, default delivery workers); only the flood digest and acknowledgments are
 off, since smtp-source sends every report from one sender. Sessions are made in the
 database directly (50 sign-ins from one address would meet the sign-in rate limit, which is
-not what is measured here). The members' browsers run in a process of their own at nice 10:
+not what is measured here). The members' browsers run in a process of their own at nice 19:
 they stand for people on other machines; on this one they are load generator, not the web
-view's cost.
+view's cost (their CPU is reported beside it).
 
 Reported: accepted msg/s (smtp-source's wall time), delivered reports/s (every triage copy
 at the sink), their same-run ratios with/without the web view (target: within 10 %), and
@@ -117,7 +117,7 @@ def members_browsing(base: str, cookies: list[str], think: float, go: Any, stop:
     """The 50 members, in a process of their own at a low priority: they stand for people on
     other machines, so their own CPU should take as little as possible from the daemon on
     this one (it is the load generator, not the web view's cost)."""
-    os.nice(10)
+    os.nice(19)
     side, lock, local_stop = Side(), threading.Lock(), threading.Event()
     threads = [threading.Thread(target=browse, args=(base, c, think, local_stop, side, lock),
                                 daemon=True) for c in cookies]
