@@ -156,10 +156,11 @@ class _SessionInspect:
 
     def getmembers(self, obj: object) -> list[tuple[str, Any]]:
         names = self._names.get(type(obj))
-        if names is None:
+        if names is None:  # the class's own (inherited too); an instance's are added below
             names = self._names[type(obj)] = tuple(
-                name for name, _ in inspect.getmembers(obj) if name.startswith("auth_"))
-        return [(name, getattr(obj, name)) for name in names]
+                name for name, _ in inspect.getmembers(type(obj)) if name.startswith("auth_"))
+        own = [n for n in getattr(obj, "__dict__", {}) if n.startswith("auth_")]
+        return sorted((name, getattr(obj, name)) for name in {*names, *own})
 
     def signature(self, func: Any) -> inspect.Signature:
         key = (getattr(func, "__func__", func), hasattr(func, "__self__"))

@@ -69,6 +69,7 @@ SCRIPT_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-
 SHOWN = 100  # cases on the case list and rows on the status page (downloads hold them all)
 MAX_FORM = 256 << 10  # bytes of one form (a follow-up's or note's text fits many times)
 SHEET_SECONDS = 1.0  # the status sheet's table is rendered at most this often for everyone
+MARKS = 10_000  # follow-up forms' one-time marks remembered (the oldest go first)
 WRITERS = 4  # threads at once for posted forms and mailed links (they may wait to write)
 
 
@@ -165,8 +166,10 @@ class Web:
         self.links_in_use = auth.RateLimit(30, 600)  # link pages per client address
         self.flash: dict[str, list[str]] = {}  # session hash -> answers to show once
         self.lock = threading.Lock()
-        self.sent: set[str] = set()  # follow-up forms' one-time marks already sent
+        self.issued: dict[str, float] = {}  # follow-up forms' one-time marks given out
+        self.sent: set[str] = set()  # ... and those of them sent
         self._sheet: tuple[float, Markup] | None = None  # (rendered at, the sheet's table)
+        self._sheet_generation = 0  # moved on by each command: a table read before is stale
         self._writers: anyio.CapacityLimiter | None = None  # made in the event loop
 
     def writing(self, handler: Callable[[Request], Response]
@@ -597,9 +600,15 @@ class Web:
             self._put_flash(request, ["This follow-up was sent already (the form was sent "
                                       "twice): it went to the reporter once."])
             return RedirectResponse(f"/cases/{code_name.replace(' ', '-')}", 303)
-        outcome = actions.run(self.app, member, code_name, name, fields, self.on_queued)
+        try:
+            outcome = actions.run(self.app, member, code_name, name, fields, self.on_queued)
+        except BaseException:
+            with self.lock:  # nothing was sent: the same form may be sent again
+                self.sent.discard(fields.get("once", ""))
+            raise
         with self.lock:
             self._sheet = None  # the command may have changed the sheet: render it anew
+            self._sheet_generation += 1
         if name == "preview":
             return self._preview(request, member, code_name, fields, outcome.answers)
         self._put_flash(request, outcome.answers)
@@ -611,16 +620,25 @@ class Web:
     def _first_send(self, once: str) -> bool:
         """Whether the preview page's one-time mark ``once`` comes for the first time: a
         follow-up form sent twice (a double click, a reload that posts again) is sent once.
-        A form without the mark (none before this release) goes as it is."""
-        if not once:
-            return True
+        Only marks this process gave out count (made-up ones cannot crowd real ones out);
+        a form without one (none before this release) goes as it is."""
         with self.lock:
+            if once not in self.issued:
+                return True
             if once in self.sent:
                 return False
-            if len(self.sent) > 10_000:
-                self.sent.clear()  # the oldest marks are hours old: their pages are gone
             self.sent.add(once)
         return True
+
+    def _issue_mark(self) -> str:
+        mark = secrets.token_urlsafe(16)
+        with self.lock:
+            self.issued[mark] = time.monotonic()
+            while len(self.issued) > MARKS:  # the oldest first (dicts keep their order)
+                old = next(iter(self.issued))
+                del self.issued[old]
+                self.sent.discard(old)
+        return mark
 
     def _preview(self, request: Request, member: Member, code_name: str,
                  fields: dict[str, str], answers: list[str]) -> Response:
@@ -634,7 +652,7 @@ class Web:
                          templates=self._templates(), flash=[], preview=answers,
                          draft={"template": fields.get("template", ""),
                                 "text": fields.get("text", "")},
-                         once=secrets.token_urlsafe(16))
+                         once=self._issue_mark())
 
     def status_page(self, request: Request) -> Response:
         member = self.member(request)
@@ -668,6 +686,7 @@ class Web:
         with self.lock:
             if self._sheet is not None and now - self._sheet[0] < SHEET_SECONDS:
                 return self._sheet[1]
+            generation = self._sheet_generation
         with Session(self.app.engine) as session:
             chosen = sheet.cases(self.app, session, newest=SHOWN)
             total = session.execute(select(func.count()).select_from(Case)).scalar_one()
@@ -676,7 +695,8 @@ class Web:
             columns=sheet.COLUMNS, rows=[sheet.row_of(c) for c in chosen], total=total,
             warnings=warnings))
         with self.lock:
-            self._sheet = (now, html)
+            if generation == self._sheet_generation:  # no command came while it was read
+                self._sheet = (now, html)
         return html
 
     def static(self, request: Request) -> Response:

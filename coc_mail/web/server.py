@@ -22,7 +22,7 @@ from coc_mail.config import Settings
 from coc_mail.errors import CocMailError
 from coc_mail.store.engine import POOL_SIZE
 from coc_mail.web import auth
-from coc_mail.web.pages import Web
+from coc_mail.web.pages import WRITERS, Web
 
 log = logging.getLogger(__name__)
 MAX_HEAD = 65536  # bytes of a request line and header fields; past them: 431, as h11 answers
@@ -35,32 +35,30 @@ class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol (HTTP parsed in C) with h11's bound on a request's head.
     httptools has none of its own: uvicorn appends every header it hands over, and a header
     value fed in pieces is regrown on each one, so one client could send megabytes of
-    header before signing in. Bytes are counted from a request's start to the end of its
-    header fields; past :data:`MAX_HEAD` the connection is answered 431 and closed (at most
-    one read beyond the limit is parsed)."""
+    header before signing in. What a request sends besides its body (request line, header
+    fields, chunk framing and trailer fields after a chunked body) is counted; past
+    :data:`MAX_HEAD` the connection is answered 431 and closed (at most one read beyond the
+    limit is parsed). The body's own limit is :class:`coc_mail.web.pages.BodyLimit`'s."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = True
-        self._head_bytes = 0
+        self._not_body = 0  # bytes of this request that were not body
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._head_bytes += len(data)
+        self._not_body += len(data)
         super().data_received(data)
-        if (self._in_head and self._head_bytes > MAX_HEAD and self.transport is not None
+        if (self._not_body > MAX_HEAD and self.transport is not None
                 and not self.transport.is_closing()):
             self.transport.write(TOO_LARGE)
             self.transport.close()
 
-    def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
-        super().on_headers_complete()
+    def on_body(self, body: bytes) -> None:
+        self._not_body -= len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._in_head = True  # what comes next on this connection is another request's head
+        self._not_body = 0  # what comes next on this connection is another request
         super().on_message_complete()
-
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -92,10 +90,11 @@ async def serve(settings: Settings, config_path: str | None, fd: int, lifeline_f
         limit_concurrency=1000, http=BoundedHttpTools,
     )
     server = uvicorn.Server(config)
-    # Pages are synchronous (database work) and run in threads: no more at once than the
-    # pool's connections, so none opens and drops a connection of its own under load, and
-    # the GIL is not passed among forty threads (anyio's default).
-    anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
+    # Pages are synchronous (database work) and run in threads: with the posted forms' own
+    # WRITERS, no more at once than the pool's connections, so none opens and drops a
+    # connection of its own under load, and the GIL is not passed among forty threads
+    # (anyio's default).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE - WRITERS
     loop = asyncio.get_running_loop()
 
     def reload() -> None:

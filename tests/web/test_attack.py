@@ -165,6 +165,27 @@ def test_a_request_head_past_64_kib_is_refused_before_sign_in(web: Daemon) -> No
     assert httpx.get(web_url(web) + "/login", timeout=30).status_code == 200
 
 
+def test_trailer_fields_after_a_chunked_body_are_held_to_the_same_bound(web: Daemon) -> None:
+    """Header fields after a chunked body (trailers) are header fields too: past 64 KiB of
+    them, 431 and closed, not kept without end."""
+    host, _, port = web.extra["web"]["listen"].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\nX-Trailer: ")
+        answer = b""
+        try:
+            for _ in range(64):  # up to 1 MiB of one trailer field, in 16 KiB pieces
+                sock.sendall(b"a" * 16384)
+                time.sleep(0.005)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert b"HTTP/1.1 431 " in answer, answer[:300]
+
+
 # -- F4: rate limits reset when their dict passes 10,000 keys ------------------------------
 def test_the_per_address_limit_cannot_be_flushed_by_spraying_addresses(web: Daemon) -> None:
     """Three links per member in 15 minutes whatever else is asked: past it the page answers

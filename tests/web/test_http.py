@@ -340,3 +340,37 @@ def test_check_refuses_notice_mode_without_an_operator(tmp_path: Path, sqlite_ur
     d.write()
     result = d.cli("check", check=False)
     assert result.returncode != 0 and "needs an operator" in result.stderr
+
+
+def test_a_follow_up_that_failed_to_send_can_be_sent_again(web: Daemon) -> None:
+    """The one-time mark is only spent by a follow-up that went: when the database refuses
+    the first post (its write lock held past the 10 s busy timeout), the same form sent
+    again goes to the reporter, once."""
+    import sqlite3
+    import threading
+
+    code = open_case(web)
+    ada = sign_in(web, "ada@example.net")
+    csrf = csrf_of(ada.get(f"/cases/{slug(code)}").text)
+    preview = ada.post(f"/cases/{slug(code)}/preview", data={
+        "csrf": csrf, "template": "followup", "text": "After the outage."})
+    found = re.search(r'name="once" value="([^"]+)"', preview.text)
+    assert found is not None
+    form = {"csrf": csrf, "template": "followup", "text": "After the outage.",
+            "once": found.group(1)}
+    db = sqlite3.connect(web.database.removeprefix("sqlite:///"), timeout=1,
+                         check_same_thread=False)
+    db.execute("BEGIN IMMEDIATE")  # the write lock, past the daemon's busy timeout
+    release = threading.Timer(13, db.rollback)
+    release.start()
+    try:
+        first = ada.post(f"/cases/{slug(code)}/followup", data=form, timeout=60)
+    finally:
+        release.join()
+        db.close()
+    assert first.status_code == 500
+    assert not any(c.to == REPORTER and "After the outage" in c.text for c in web.delivered())
+    assert ada.post(f"/cases/{slug(code)}/followup", data=form).status_code == 303
+    wait_for(lambda: any(c.to == REPORTER and "After the outage" in c.text
+                         for c in web.delivered()), 20, "the follow-up at the reporter")
+    assert "sent already" not in ada.get(f"/cases/{slug(code)}").text
