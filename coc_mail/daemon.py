@@ -26,7 +26,7 @@ from coc_mail.errors import CocMailError
 from coc_mail.smtp.handler import IntakeHandler, smtp_factory
 from coc_mail.smtp.spool import Spool
 from coc_mail.store import Inbound
-from coc_mail.workers import Pool, run_loop, worker_count
+from coc_mail.workers import Pool, run_loop
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 10.0  # seconds (the workers of a killed daemon take up to 2 s to go)
@@ -120,7 +120,7 @@ class Daemon:
             from coc_mail.web.server import bind
 
             self.web = bind(app.settings)
-        self.workers = Pool(config_path, worker_count(app.settings), keep_fds,
+        self.workers = Pool(config_path, app.settings.worker_count(), keep_fds,
                             app.settings.server.pid_file,
                             self.web.fileno() if self.web is not None else None)
 

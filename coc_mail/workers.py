@@ -56,11 +56,6 @@ DELIVERY_NICE = 6
 WEB_NICE = 10
 
 
-def worker_count(settings: Settings) -> int:
-    """How many worker processes to start: :meth:`Settings.worker_count`."""
-    return settings.worker_count()
-
-
 def poke(fds: list[int], what: bytes) -> None:
     """Write a wake-up byte to each pipe; a full pipe already has a wake-up waiting."""
     for fd in fds:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import dkim as dkimpy
-import dkim.crypto
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -86,39 +85,6 @@ def load_key(path: Path) -> bytes:
     except (ValueError, TypeError) as exc:
         raise CocMailError(f"dkim.private_key {path}: not a PEM RSA key ({exc})") from None
     return pem
-
-
-_KEYS: dict[int, rsa.RSAPrivateKey] = {}
-
-
-def _openssl_rsa_sign(hash_obj: Any, private_key: dict[str, int]) -> bytes:
-    """RSASSA-PKCS1-v1_5 over dkimpy's digest, computed by OpenSSL (``cryptography``).
-
-    dkimpy does the DKIM work (canonicalisation, the header and its hash); only its pure-
-    Python RSA step (12 ms a signature at 2048 bits) is replaced, by the same operation in
-    OpenSSL (well under 1 ms). The result is byte-identical: PKCS#1 v1.5 is deterministic.
-    """
-    key = _KEYS.get(private_key["modulus"])
-    if key is None:
-        key = rsa.RSAPrivateNumbers(
-            p=private_key["prime1"],
-            q=private_key["prime2"],
-            d=private_key["privateExponent"],
-            dmp1=private_key["exponent1"],
-            dmq1=private_key["exponent2"],
-            iqmp=private_key["coefficient"],
-            public_numbers=rsa.RSAPublicNumbers(
-                private_key["publicExponent"], private_key["modulus"]
-            ),
-        ).private_key()
-        _KEYS[private_key["modulus"]] = key
-    algorithm = hashes.SHA256() if hash_obj.name.lower() == "sha256" else hashes.SHA1()  # noqa: S303
-    return key.sign(hash_obj.digest(), padding.PKCS1v15(), Prehashed(algorithm))
-
-
-def use_openssl_for_rsa() -> None:
-    """Make dkimpy sign RSA through OpenSSL (see :func:`_openssl_rsa_sign`)."""
-    dkimpy.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
 
 
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
@@ -226,7 +192,6 @@ class Signer:
     """
 
     def __init__(self, pem: bytes, selector: str, domain: str) -> None:
-        use_openssl_for_rsa()
         self.pem = pem
         self.selector = selector.encode()
         self.domain = domain.encode()

@@ -222,18 +222,23 @@ def test_commands_from_the_page_are_the_mail_commands(web: Daemon) -> None:
     assert "follow-up sent" in audit and "status sheet updated" in audit
 
 
+def previewed_follow_up(member: httpx.Client, code: str, text: str) -> dict[str, str]:
+    """The send form of a follow-up's preview page, as the member's browser would post it
+    (its one-time mark included)."""
+    csrf = csrf_of(member.get(f"/cases/{slug(code)}").text)
+    preview = member.post(f"/cases/{slug(code)}/preview", data={
+        "csrf": csrf, "template": "followup", "text": text})
+    found = re.search(r'name="once" value="([^"]+)"', preview.text)
+    assert found is not None, "the preview's form carries no one-time mark"
+    return {"csrf": csrf, "template": "followup", "text": text, "once": found.group(1)}
+
+
 def test_a_follow_up_sent_twice_from_its_preview_goes_once(web: Daemon) -> None:
     """A double click (or a reload that posts again) on the preview's Send button: the
     reporter gets the follow-up once; the second post is answered on the page."""
     code = open_case(web)
     ada = sign_in(web, "ada@example.net")
-    csrf = csrf_of(ada.get(f"/cases/{slug(code)}").text)
-    preview = ada.post(f"/cases/{slug(code)}/preview", data={
-        "csrf": csrf, "template": "followup", "text": "Once only, please."})
-    found = re.search(r'name="once" value="([^"]+)"', preview.text)
-    assert found is not None, "the preview's form carries no one-time mark"
-    form = {"csrf": csrf, "template": "followup", "text": "Once only, please.",
-            "once": found.group(1)}
+    form = previewed_follow_up(ada, code, "Once only, please.")
     assert [ada.post(f"/cases/{slug(code)}/followup", data=form).status_code
             for _ in range(2)] == [303, 303]
     wait_for(lambda: any(c.to == REPORTER and "Once only" in c.text for c in web.delivered()),
@@ -351,13 +356,7 @@ def test_a_follow_up_that_failed_to_send_can_be_sent_again(web: Daemon) -> None:
 
     code = open_case(web)
     ada = sign_in(web, "ada@example.net")
-    csrf = csrf_of(ada.get(f"/cases/{slug(code)}").text)
-    preview = ada.post(f"/cases/{slug(code)}/preview", data={
-        "csrf": csrf, "template": "followup", "text": "After the outage."})
-    found = re.search(r'name="once" value="([^"]+)"', preview.text)
-    assert found is not None
-    form = {"csrf": csrf, "template": "followup", "text": "After the outage.",
-            "once": found.group(1)}
+    form = previewed_follow_up(ada, code, "After the outage.")
     db = sqlite3.connect(web.database.removeprefix("sqlite:///"), timeout=1,
                          check_same_thread=False)
     db.execute("BEGIN IMMEDIATE")  # the write lock, past the daemon's busy timeout
