@@ -7,7 +7,7 @@ list, a case page or the status sheet once a second, as people reading do; ``--t
 makes it a stress run, labelled). The flood is smtp-source's (20 sessions, 10 KB reports, 50
 members of whom the 5 triage members get each report: ``intake.forward = "triage"``),
 delivered DKIM-signed to Postfix's smtp-sink. Shipped defaults otherwise (inbound DKIM
-verification on, default delivery workers); only the flood digest and acknowledgments are
+verification on, acknowledgments on, default delivery workers); only the flood digest is
 off, since smtp-source sends every report from one sender. Sessions are made in the
 database directly (50 sign-ins from one address would meet the sign-in rate limit, which is
 not what is measured here). The members' browsers run in a process of their own at nice 19:
@@ -140,8 +140,7 @@ def one(args: argparse.Namespace, sink: Sink, web: bool) -> Side:
     root = Path(tempfile.mkdtemp(prefix="coc-webload-"))
     extra: dict[str, dict[str, object]] = {
         "server": {"max_message_bytes": 26_214_400, "workers": 0},
-        "intake": {"reports_per_hour_before_digest": 0, "acknowledgments_per_day": 0,
-                   "forward": "triage"},
+        "intake": {"reports_per_hour_before_digest": 0, "forward": "triage"},
     }
     if web:
         extra["web"] = {"listen": f"127.0.0.1:{free_port()}"}
