@@ -147,36 +147,39 @@ def _stuff_dots(message: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-MEMO_BYTES = 8 << 20  # encoded body parts kept for the next copies of the same body
-_memo: dict[bytes, bytes] = {}
-_memo_size = 0
+SHARE_LIMIT = 1 << 20  # bodies up to this size keep their DATA form (bigger: made per copy)
 
 
-def _encoded(part: bytes) -> bytes:
-    """A body part made DATA-safe, remembered while its body's other copies go out: the
-    copies of one report share their body parts (the same objects), so the five passes over
-    it run once, not once a copy. A ``bytes`` keeps its hash and a dict compares the same
-    object by identity, so a hit costs no pass over the part."""
-    global _memo_size
-    if len(part) > MEMO_BYTES // 8:
-        return _stuff_dots(_line_endings(part))
-    found = _memo.get(part)
-    if found is None:
-        found = _memo[part] = _stuff_dots(_line_endings(part))
-        _memo_size += len(part) + len(found)
-        while _memo_size > MEMO_BYTES:  # the oldest first (dicts keep insertion order)
-            old = next(iter(_memo))
-            _memo_size -= len(old) + len(_memo.pop(old))
-    return found
+class SharedPart(bytes):
+    """A body part that many copies send (a report's, to every member). Its DATA form (line
+    endings, doubled leading dots) is made on first use and kept on the part itself, so the
+    five passes over it run once for all the copies, and the form lives exactly as long as
+    the body in the delivery worker's cache."""
+
+    def data_form(self) -> bytes:
+        found: bytes | None = self.__dict__.get("data")
+        if found is None:
+            found = self.__dict__["data"] = _stuff_dots(_line_endings(self))
+        return found
+
+
+def shared_part(content: bytes) -> bytes:
+    """``content`` marked as shared by copies (see :class:`SharedPart`), when small enough
+    that keeping a second form of it costs little."""
+    return SharedPart(content) if len(content) <= SHARE_LIMIT else content
+
+
+def _data_form(part: bytes) -> bytes:
+    return part.data_form() if isinstance(part, SharedPart) else _stuff_dots(_line_endings(part))
 
 
 def encode_data(parts: Sequence[bytes]) -> list[bytes]:
-    """The DATA payload of a message given in parts (its own header first, then its body's
-    parts), end marker included. Parts that each end with CRLF are encoded one by one (a
-    25 MiB copy is never joined); otherwise the join."""
+    """The DATA payload of a message given in parts, end marker included. Parts that each end
+    with CRLF are encoded one by one (a 25 MiB copy is never joined; a :class:`SharedPart`
+    keeps its form for the next copies); otherwise the join."""
     filled = [p for p in parts if p]
     if filled and all(p.endswith(b"\r\n") for p in filled[:-1]):
-        return [_stuff_dots(_line_endings(filled[0])), *map(_encoded, filled[1:]), b".\r\n"]
+        return [*map(_data_form, filled), b".\r\n"]
     return [_stuff_dots(_line_endings(b"".join(parts))), b".\r\n"]
 
 

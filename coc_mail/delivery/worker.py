@@ -25,7 +25,7 @@ from sqlmodel import Session, col, delete, select, update
 from coc_mail.app import App
 from coc_mail.delivery.maildir import MaildirTransport, Transport
 from coc_mail.delivery.outbox import notify_operators
-from coc_mail.delivery.relay import SmtpTransport
+from coc_mail.delivery.relay import SmtpTransport, shared_part
 from coc_mail.errors import DeliveryError, where
 from coc_mail.mail.dkim import body_hash, unsigned
 from coc_mail.mail.downgrade import seven_bit
@@ -161,7 +161,7 @@ class Deliverer:
                     select(Body.id, Body.content).where(col(Body.id).in_(wanted))
                 ):
                     plain = keys.open(sealed, "bodies.content")
-                    fetched[body_id] = SharedBody(plain, body_hash(plain))
+                    fetched[body_id] = SharedBody(shared_part(plain), body_hash(plain))
         claimed, orphans = [], []
         with self._cache:
             for shared in pinned.values():
