@@ -136,7 +136,9 @@ def test_data_encoding_sends_what_aiosmtplib_would(message: bytes, cut: int) -> 
     body = shared_part(message[cut:])  # a body many copies send: its form made once
     assert b"".join(encode_data([message[:cut], body])) == original
     assert b"".join(encode_data([message[:cut], body])) == original
-    assert not body or "data" in vars(body)  # kept on the part for the next copies
+    head = message[:cut]
+    if body and (not head or head.endswith(b"\r\n")):  # sent part by part, not joined
+        assert "data" in vars(body)  # its form kept on the part for the next copies
 
 
 def test_data_reader_unstuffs_dots_and_refuses_long_lines_then_carries_on(
