@@ -60,6 +60,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def idle_seconds() -> float:
+    """Seconds all cores together have spent idle (or waiting for I/O) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def command_line(module: str, argv: list[str]) -> str:
     """``python -m module`` and its arguments as given, without ``--out FILE`` (where the
     report was written is no part of how it was produced)."""
