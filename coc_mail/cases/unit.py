@@ -13,7 +13,7 @@ from coc_mail.delivery.outbox import Outbox
 from coc_mail.mail import dkim
 from coc_mail.mail.compose import ForwardBody, forward_head, mailbox, text_message
 from coc_mail.mail.message import Incoming, client_fields, without_client_fields
-from coc_mail.store import Case, counter, utcnow
+from coc_mail.store import Case, count_up, utcnow
 
 NOTICES_PER_HOUR = 3
 
@@ -124,10 +124,7 @@ class Unit:
         what caused them may be forged: a forger cannot flood the member)."""
         now = utcnow()
         tag = self.app.keys.tag("ignored-notice", member.handle, f"{now:%Y%m%d%H}")
-        row = counter(self.session, tag, now.date())
-        row.count += 1
-        self.session.add(row)
-        return row.count <= NOTICES_PER_HOUR
+        return count_up(self.session, tag, now.date()) <= NOTICES_PER_HOUR
 
     def reply_to_member(self, case: Case | None, member: Member, body: str) -> None:
         """Answer a member about this message (and nobody else)."""

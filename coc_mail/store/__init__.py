@@ -37,14 +37,14 @@ from coc_mail.store.tables import (
     WebLink,
     WebPasskey,
     WebSession,
-    counter,
+    count_up,
     utcnow,
 )
 
 __all__ = [
     "KEY_CHECK", "SCHEMA_HEAD", "AckBudget", "AuditEntry", "Body", "Case", "CaseMember",
     "CodeName", "DocEntry", "Inbound", "MemberRecord", "Meta", "Outbound", "ProcessedInbound",
-    "SentCopy", "WebLink", "WebPasskey", "WebSession", "check_key", "check_schema", "counter",
+    "SentCopy", "WebLink", "WebPasskey", "WebSession", "check_key", "check_schema", "count_up",
     "deferred_blob", "drop_unused_bodies", "fill_blob", "incoming_url", "make_engine",
     "make_incoming", "migrate", "utcnow", "wait_for_database",
 ]

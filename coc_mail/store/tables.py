@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel
 
 
@@ -223,16 +224,28 @@ class WebPasskey(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
-def counter(session: Session, tag: str, day: dt.date) -> AckBudget:
-    """The :class:`AckBudget` row for ``tag``: one added earlier in this unit of work (not yet
-    flushed, so ``get`` cannot see it), the stored one, or a new one at 0. Two counts of the
-    same tag in one message (a message to two addresses of one member) must share a row."""
-    # Remembered by tag for the session's life: looking among every object the unit of work
-    # added (a batch's copies and cases) cost a scan of them all for each count, and a row
-    # only the identity map held (weakly) was gone after each flush, read again each time.
-    known: dict[str, AckBudget] = session.info.setdefault("ack_budgets", {})
-    row = known.get(tag)
-    if row is not None and row in session:  # not expunged by a rollback: still this session's
-        return row
-    row = known[tag] = session.get(AckBudget, tag) or AckBudget(tag=tag, day=day, count=0)
-    return row
+def count_up(session: Session, tag: str, day: dt.date) -> int:
+    """Add one to the :class:`AckBudget` count of ``tag`` and return it: a count from an
+    earlier day starts again at 1. One statement (an upsert), in the caller's transaction:
+    two counts of one tag in one message (to two addresses of one member) see each other,
+    and nothing is left for the unit of work to flush (it had cost more than the count)."""
+    dialect = session.get_bind().dialect.name
+    stmt = _COUNT_UP.get(dialect)
+    if stmt is None:
+        stmt = _COUNT_UP[dialect] = _count_up(dialect)
+    return int(session.connection().execute(stmt, {"tag": tag, "day": day}).scalar_one())
+
+
+_COUNT_UP: dict[str, sa.Executable] = {}
+
+
+def _count_up(dialect: str) -> sa.Executable:
+    table = AckBudget.__table__  # type: ignore[attr-defined]
+    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table).values(
+        tag=sa.bindparam("tag"), day=sa.bindparam("day"), count=1)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.tag],
+        set_={"count": sa.case((table.c.day == insert.excluded.day, table.c.count + 1),
+                               else_=1),
+              "day": insert.excluded.day},
+    ).returning(table.c.count)
