@@ -14,6 +14,7 @@ from coc_mail.store.crypto import Keyring
 
 GENESIS = "0" * 64
 AUDIT_LOG = AuditEntry.__table__  # type: ignore[attr-defined]
+_FIRST_ENTRY = insert(AUDIT_LOG)  # built once: every new case has one
 
 
 def _digest(prev: str, code_name: str, at: str, actor: str, action: str) -> str:
@@ -44,7 +45,7 @@ def record(
         "hash": _digest(prev, code_name, at.isoformat(), actor, action[:200]),
     }
     if first:  # a new case's first entry: a Core insert, no ORM object to flush
-        session.connection().execute(insert(AUDIT_LOG), entry)
+        session.connection().execute(_FIRST_ENTRY, entry)
         return
     session.add(AuditEntry(**entry))
     session.flush()  # the next entry of this transaction reads this one

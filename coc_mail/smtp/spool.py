@@ -27,6 +27,7 @@ from coc_mail.store.crypto import BIG, Keyring
 
 log = logging.getLogger(__name__)
 INBOUND = SQLModel.metadata.tables["inbound"]
+_NEW_ROWS = insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=True)  # built once
 BATCH = 128
 
 
@@ -105,8 +106,7 @@ class Spool:
         if small:
             rows = [_row(self.keys, item, self.keys.seal(item.content, "inbound.content"))
                     for item in small]
-            stmt = insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=True)
-            for item, (row_id,) in zip(small, conn.execute(stmt, rows), strict=True):
+            for item, (row_id,) in zip(small, conn.execute(_NEW_ROWS, rows), strict=True):
                 ids[id(item)] = int(row_id)
         for item in batch:
             if id(item) in ids:

@@ -409,3 +409,35 @@ def test_members_copies_leave_out_where_the_report_was_sent_from(tmp_path: Path,
         else:
             assert original == sent
             assert "carries Received, X-Originating-IP" in member.text
+
+
+def test_a_report_over_a_megabyte_is_stored_and_forwarded_whole(tmp_path: Path) -> None:
+    """A report past the size from which SQLite takes values in pieces (a zero blob, then
+    filled): its case holds it byte for byte, and every member's copy attaches it whole."""
+    from sqlmodel import Session
+
+    from coc_mail import store
+    from coc_mail.store.crypto import BIG, load_keyring
+
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path}/var/coc-mail.db",
+               extra={"server": {"max_message_bytes": 4 << 20}})
+    d.start()
+    try:
+        lines = "".join(f"line {i} of what was said, kept as evidence\n" for i in range(40_000))
+        report = make_report(body=lines)
+        raw = report.as_bytes()
+        assert len(raw) > BIG
+        d.send(report)
+        copies = by_recipient(d.wait_delivered(4, timeout=60))
+        keys, _ = load_keyring(str(d.var / "secret.key"))
+        engine = store.make_engine(f"sqlite:///{tmp_path}/var/coc-mail.db")
+        with Session(engine) as session:
+            (case,) = session.exec(sa.select(store.Case)).scalars().all()
+            stored = keys.open(case.report, "cases.report")
+        engine.dispose()
+    finally:
+        d.stop()
+    assert stored.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
+    for email in MEMBER_EMAILS:
+        (copy,) = copies[email]
+        assert copy.original() == raw.replace(b"\r\n", b"\n")
