@@ -1,5 +1,5 @@
 """What the benchmarks read about running processes: listening ports, the daemon's
-processes by role, their memory and CPU time (from /proc)."""
+processes by role, their memory and CPU time (from /proc), and how fast the machine is."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import argparse
 import http.client
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -64,6 +66,37 @@ def idle_seconds() -> float:
     """Seconds all cores together have spent idle (or waiting for I/O) since boot."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def speed_gauges() -> tuple[float, float]:
+    """How fast this machine is now, for reading figures across runs: milliseconds for one
+    RSA-2048 DKIM signature (OpenSSL, through cryptography) and for a million-step Python
+    loop (best of five each). Ratios within a run do not need them; a C MTA bound by
+    fsync against a CPU-bound Python daemon does not slow down alike, so the ratios move
+    with the machine's CPU speed, and these say by how much."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def sign() -> None:
+        for _ in range(20):
+            key.sign(b"x" * 300, padding.PKCS1v15(), hashes.SHA256())
+
+    def loop() -> None:
+        total = 0
+        for i in range(1_000_000):
+            total += i
+
+    def best(f: Callable[[], None], per: int) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            f()
+            times.append((time.perf_counter() - start) * 1000 / per)
+        return min(times)
+
+    return best(sign, 20), best(loop, 1)
 
 
 def command_line(module: str, argv: list[str]) -> str:

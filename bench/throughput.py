@@ -42,6 +42,7 @@ from bench.procs import (
     listening,
     memory_kib,
     roles,
+    speed_gauges,
 )
 from tests import postfix
 from tests.helpers import Daemon, free_port, make_report, wait_for
@@ -167,10 +168,13 @@ class Run:
     sink_cpu: float = 0.0  # smtp-sink's CPU ms per report in coc-mail's flood
     harness_cpu: float = 0.0  # this benchmark's own (smtp-source's excluded)
     idle: float = 0.0  # share of both cores left idle during coc-mail's flood
+    rsa_ms: float = 0.0  # the machine's speed at the start of the run (bench.procs)
+    python_ms: float = 0.0
 
 
 def run_once(args: argparse.Namespace) -> Run:
     result = Run()
+    result.rsa_ms, result.python_ms = speed_gauges()
     n = args.messages
     # 1. bare aiosmtpd
     port = free_port()
@@ -333,6 +337,8 @@ def main() -> int:
         ("this benchmark's own CPU ms per report in coc-mail's flood (counting copies)",
          median(lambda r: r.harness_cpu)),
         ("cores left idle during coc-mail's flood (%)", median(lambda r: 100 * r.idle)),
+        ("machine speed: ms per RSA-2048 signature (OpenSSL)", median(lambda r: r.rsa_ms)),
+        ("machine speed: ms per million-step Python loop", median(lambda r: r.python_ms)),
     ]
     if args.baseline:
         rows += [
