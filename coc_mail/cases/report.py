@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
 from coc_mail.app import App
@@ -14,14 +14,13 @@ from coc_mail.cases.members import declared_conflicts, pending_members
 from coc_mail.cases.standing import Standing, open_standings, unused_code_name
 from coc_mail.cases.unit import Unit
 from coc_mail.mail.compose import text_message
-from coc_mail.store import Case, count_up, deferred_blob, fill_blob, utcnow
+from coc_mail.store import Case, attach, count_up, deferred_blob, fill_blob, new_row, utcnow
 
 log = logging.getLogger(__name__)
 
 DIGEST_PENDING = "digest-pending"
 MEMBER_STATE = "coc-mail member state"
 CASES = Case.__table__  # type: ignore[attr-defined]
-SET_APART = {"id", "report"}  # given by the database; bound apart (it may be a zero blob)
 _NEW_CASE = insert(CASES).returning(CASES.c.id)  # built once: building cost more than running
 
 
@@ -31,12 +30,12 @@ def open_case(unit: Unit, without: list[str]) -> None:
     reporter = msg.sender or None
     unit.verdict()  # slow work first (DNS), before anything is written
     report = app.keys.seal(msg.content, "cases.report")
-    case = Case(
-        code_name=unused_code_name(session),
-        reporter_key="",
-        reporter=app.keys.seal_text(reporter, "cases.reporter") if reporter else None,
-    )
-    case.reporter_key = app.keys.tag("reporter", app.addresses.reporter_token(case.code_name))
+    code_name = unused_code_name(session)
+    values = {
+        "code_name": code_name,
+        "reporter_key": app.keys.tag("reporter", app.addresses.reporter_token(code_name)),
+        "reporter": app.keys.seal_text(reporter, "cases.reporter") if reporter else None,
+    }
     pending, declared = member_state(app, session)
     decision = conflicts.intake(
         app.settings,
@@ -51,8 +50,8 @@ def open_case(unit: Unit, without: list[str]) -> None:
     ]
     flood = flooding(app, session, reporter or "", msg.envelope.peer)
     if flood:  # never dropped: opened, and listed in the next digest instead of mailed
-        case.reminders = DIGEST_PENDING
-    insert_case(session, case, report)  # the write transaction starts here: slow work done
+        values["reminders"] = DIGEST_PENDING
+    case = insert_case(session, values, report)  # the write transaction starts: slow work done
     unit.outbox.fresh.add(case.code_name)  # no copy of it exists yet: each first one is a root
     fill_blob(session, "cases", "report", int(case.id or 0), report)
     del report  # stored: a big report is not held twice while its copies are built
@@ -77,21 +76,22 @@ def open_case(unit: Unit, without: list[str]) -> None:
     )
 
 
-def insert_case(session: Session, case: Case, report: bytes) -> None:
-    """Insert a new ``case`` (its sealed ``report`` beside it) with one Core statement, then
-    attach it to the session as the stored row it now is: later changes to it are updates.
-    A new case is the processor's commonest write under a flood, and the unit of work's
-    flush of one object had cost more than the insert."""
-    values = {c.name: getattr(case, c.name) for c in CASES.columns if c.name not in SET_APART}
+def insert_case(session: Session, values: dict[str, Any], report: bytes) -> Case:
+    """Insert a new case of ``values`` (its sealed ``report`` beside it) with one Core
+    statement and return it attached to the session as the stored row it now is: later
+    changes to it are updates. A new case is the processor's commonest write under a flood;
+    the unit of work's flush of one object, and the model's constructor, had each cost more
+    than the insert."""
+    row, case = new_row(Case, values, apart=("report",))  # not held twice: read if asked for
     stored = deferred_blob(session, report)
     if isinstance(stored, bytes):
-        stmt, values["report"] = _NEW_CASE, stored
+        stmt, row["report"] = _NEW_CASE, stored
     else:  # a big report on SQLite: a zero blob of its size, filled in pieces (fill_blob)
         stmt = insert(CASES).values(report=stored).returning(CASES.c.id)
-    case.id = session.connection().execute(stmt, values).scalar_one()
-    make_transient_to_detached(case)
-    session.add(case)
-    session.expire(case, ["report"])  # read from the row if asked for (never here)
+        row.pop("report", None)
+    case.id = session.connection().execute(stmt, row).scalar_one()
+    attach(session, case)
+    return case
 
 
 def member_state(app: App, session: Session) -> tuple[set[str], dict[str, list[str]]]:

@@ -37,14 +37,16 @@ from coc_mail.store.tables import (
     WebLink,
     WebPasskey,
     WebSession,
+    attach,
     count_up,
+    new_row,
     utcnow,
 )
 
 __all__ = [
     "KEY_CHECK", "SCHEMA_HEAD", "AckBudget", "AuditEntry", "Body", "Case", "CaseMember",
     "CodeName", "DocEntry", "Inbound", "MemberRecord", "Meta", "Outbound", "ProcessedInbound",
-    "SentCopy", "WebLink", "WebPasskey", "WebSession", "check_key", "check_schema", "count_up",
-    "deferred_blob", "drop_unused_bodies", "fill_blob", "incoming_url", "make_engine",
-    "make_incoming", "migrate", "utcnow", "wait_for_database",
+    "SentCopy", "WebLink", "WebPasskey", "WebSession", "attach", "check_key", "check_schema",
+    "count_up", "deferred_blob", "drop_unused_bodies", "fill_blob", "incoming_url",
+    "make_engine", "make_incoming", "migrate", "new_row", "utcnow", "wait_for_database",
 ]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel
+
+M = TypeVar("M", bound=SQLModel)
 
 
 def utcnow() -> dt.datetime:
@@ -222,6 +227,42 @@ class WebPasskey(SQLModel, table=True):
     public_key: bytes  # sealed COSE key
     sign_count: int = 0
     created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+def new_row(model: type[M], values: dict[str, Any], *, apart: Iterable[str] = ()
+            ) -> tuple[dict[str, Any], M]:
+    """The column values of a new row of ``model`` (``values``, the rest from the fields'
+    defaults, as the constructor fills them; no primary key) and an instance holding them,
+    made the way a query makes the instances it loads (no constructor run: SQLModel's
+    ``__init__`` cost more than inserting the row). Columns ``apart`` are left out of the
+    instance (read from the row if asked for). Insert the values, set the primary key on the
+    instance, then :func:`attach` it."""
+    row: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name in values:
+            row[name] = values[name]
+        elif info.default_factory is not None:
+            row[name] = info.default_factory()  # type: ignore[call-arg]
+        elif not info.is_required():
+            row[name] = info.default
+        else:
+            raise TypeError(f"{model.__name__}: no value for {name}")
+    for key in sa.inspect(model).primary_key:
+        if row.get(key.name) is None:
+            row.pop(key.name, None)  # the database gives it
+    instance = sa.inspect(model).class_manager.new_instance()
+    skip = set(apart)
+    sa.orm.attributes.instance_state(instance).dict.update(
+        (k, v) for k, v in row.items() if k not in skip)
+    return row, instance
+
+
+def attach(session: Session, instance: SQLModel) -> None:
+    """Make an instance from :func:`new_row`, its primary key set, the stored row it is:
+    later changes are updates; an attribute it was not given is read from the row if asked
+    for."""
+    sa.orm.make_transient_to_detached(instance)
+    session.add(instance)
 
 
 def count_up(session: Session, tag: str, day: dt.date) -> int:
