@@ -121,10 +121,10 @@ def flooding(app: App, session: Session, sender: str, peer: str) -> bool:
     over = False
     if app.settings.intake.is_trusted(peer):
         peer = ""  # a front MTA relays for everyone: count senders only
-    for who in {f"sender:{sender.lower()}" if sender else "", f"ip:{peer}" if peer else ""}:
-        if not who:
-            continue
-        over = count_up(session, app.keys.tag("flood", who, hour), now.date()) > limit or over
+    tags = {app.keys.tag("flood", who, hour) for who in (
+        f"sender:{sender.lower()}" if sender else "", f"ip:{peer}" if peer else "") if who}
+    for tag in sorted(tags):  # rows locked in one order: two daemons never deadlock on them
+        over = count_up(session, tag, now.date()) > limit or over
     return over
 
 
