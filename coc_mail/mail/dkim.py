@@ -152,6 +152,9 @@ def unsigned(message: bytes) -> bytes:
     return message
 
 
+_FIELD_NAME = bytes(range(0x21, 0x7F))  # what a field name is made of (RFC 5322 2.2)
+
+
 def _header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
     """The fields of a header block as dkimpy's ``rfc822_parse`` reads them: (name, value),
     the value with its folded lines and line ends (an unparseable line is skipped: our own
@@ -166,7 +169,7 @@ def _header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
                 fields[-1] = (name, value + line + b"\r\n")
             continue
         name, colon, value = line.partition(b":")
-        if colon and name and all(0x21 <= c <= 0x7E for c in name):
+        if colon and name and not name.translate(None, _FIELD_NAME):
             fields.append((name, value + b"\r\n"))
     return fields
 
