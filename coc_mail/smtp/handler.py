@@ -173,6 +173,72 @@ class _SessionInspect:
 aiosmtpd.smtp.inspect = _SessionInspect()  # type: ignore[attr-defined,assignment]
 
 
+class _Got:
+    """What one DATA transfer has kept so far, and its refusal once one is known (after which
+    nothing more is kept). Its bytes count towards ``BoundedSMTP.held`` until released."""
+
+    def __init__(self, smtp: BoundedSMTP) -> None:
+        self.smtp = smtp
+        self.data = bytearray()
+        self.size = 0  # bytes of DATA read, kept or not
+        self.refusal = ""
+        self.counted = 0  # of BoundedSMTP.held, this transfer's share
+
+    def _keep(self, raw: int, text: bytes | bytearray | memoryview, too_long: bool) -> None:
+        self.size += raw
+        limit = self.smtp.data_size_limit
+        if too_long:
+            self.refusal = self.refusal or TOO_LONG
+        elif limit and self.size > limit:
+            self.refusal = self.refusal or TOO_MUCH
+        elif BoundedSMTP.held + raw > self.smtp.max_data_memory:
+            self.refusal = self.refusal or verdicts.TOO_BUSY
+            log.warning("data: %d bytes held by all sessions; this one gets 451",
+                        BoundedSMTP.held)
+        if self.refusal:
+            self.data = bytearray()  # nothing more is kept once the answer is known
+            self.release()
+            return
+        self.data += text
+        BoundedSMTP.held += raw
+        self.counted += raw
+
+    def line(self, line: bytes, *, too_long: bool) -> None:
+        """One line as sent (CRLF included): kept without a leading dot (RFC 5321 4.5.2)."""
+        self._keep(len(line), memoryview(line)[1:] if line[:1] == b"." else line, too_long)
+
+    def lines(self, lines: bytearray) -> None:
+        """Whole lines as sent (the transparency dots of RFC 5321 4.5.2 still in)."""
+        if not lines:
+            return
+        too_long = len(lines) > self.smtp.line_length_limit and _longest_over(
+            lines, self.smtp.line_length_limit)
+        text: bytes | bytearray = lines
+        if lines[:1] == b"." or b"\r\n." in lines:
+            text = (b"\r\n" + lines).replace(b"\r\n.", b"\r\n")[2:]
+        self._keep(len(lines), text, too_long)
+
+    def overlong(self, raw: int) -> None:
+        """Part of a line past the reader's limit, read and dropped."""
+        self._keep(raw, b"", too_long=True)
+
+    def release(self) -> None:
+        BoundedSMTP.held -= self.counted
+        self.counted = 0
+
+
+def _longest_over(lines: bytearray, limit: int) -> bool:
+    """Is a line of ``lines`` (whole CRLF lines) longer than ``limit``, CRLF included? Looks
+    for the last line end each ``limit`` bytes can reach, not at every line."""
+    start, size = 0, len(lines)
+    while size - start > limit:
+        end = lines.rfind(b"\r\n", start, start + limit)
+        if end == -1:
+            return True
+        start = end + 2
+    return False
+
+
 class BoundedSMTP(SMTP):
     """aiosmtpd's SMTP with a cap on concurrent connections (421 beyond it), on the DATA bytes
     all sessions hold in memory together (``server.max_data_memory_bytes``; a session that
@@ -223,10 +289,12 @@ class BoundedSMTP(SMTP):
         return addr, rest
 
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA read into one growing buffer. aiosmtpd keeps every line as an object of its
-        own and then joins them, holding a big message about four times over (measured in
-        ``bench/scale.py``); this holds it about once. Replies, limits and the handler call
-        are aiosmtpd's: 503/501 before 354, ``500`` for an over-long line, ``552`` past
+        """DATA read into one growing buffer, a stretch of lines at a time. aiosmtpd reads a
+        line at a time, keeps every line as an object of its own and then joins them,
+        holding a big message about four times over (measured in ``bench/scale.py``); this
+        holds it about once, and a message that fits the reader's buffer is found whole by
+        two searches instead of a read per line. Replies, limits and the handler call are
+        aiosmtpd's: 503/501 before 354, ``500`` for an over-long line, ``552`` past
         ``data_size_limit`` (both after the whole message is read, RFC 5321 4.2.5)."""
         if self._decode_data:  # pragma: no cover - coc-mail takes bytes; keep aiosmtpd's
             await super().smtp_DATA(arg)
@@ -241,54 +309,87 @@ class BoundedSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data = bytearray()
-        size, limit = 0, self.data_size_limit
-        refusal = ""
-        continued = False  # inside a line longer than the reader's limit
-        counted = 0  # of BoundedSMTP.held, this session's share
+        got = _Got(self)
         try:
-            while self.transport is not None:
-                try:
-                    line = await self._reader.readuntil(b"\r\n")
-                except asyncio.LimitOverrunError as exc:
-                    chunk = await self._reader.read(exc.consumed)  # drained, never kept
-                    size += len(chunk)
-                    continued = True
-                    refusal = refusal or TOO_LONG
-                    data = bytearray()
-                    continue
-                if line == b".\r\n" and not continued:
-                    break
-                size += len(line)
-                if continued or len(line) > self.line_length_limit:
-                    refusal = refusal or TOO_LONG
-                elif limit and size > limit:
-                    refusal = refusal or TOO_MUCH
-                elif BoundedSMTP.held + len(line) > self.max_data_memory:
-                    refusal = refusal or verdicts.TOO_BUSY
-                    log.warning("data: %d bytes held by all sessions; this one gets 451",
-                                BoundedSMTP.held)
-                continued = False
-                if refusal:
-                    data = bytearray()  # nothing more is kept once the answer is known
-                    BoundedSMTP.held -= counted
-                    counted = 0
-                    continue
-                data += memoryview(line)[1:] if line[:1] == b"." else line  # RFC 5321 4.5.2
-                BoundedSMTP.held += len(line)
-                counted += len(line)
-            if refusal:
-                await self.push(refusal)
+            carry = await self._read_stretches(got)
+            if carry is not None:
+                await self._read_lines(got, carry)
+            if got.refusal:
+                await self.push(got.refusal)
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
                 return
+            data = got.data
             content = bytes(data) if len(data) < BIG else data  # big: never copied
             self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
+            got.data = bytearray()
             del data
             status = await self._call_handler_hook("DATA")
         finally:
-            BoundedSMTP.held -= counted
+            got.release()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_stretches(self, got: _Got) -> bytes | None:
+        """Read DATA a stretch of whole lines at a time while the end is found within the
+        reader's buffer: from a line start, up to the first CR (the line ``.`` ends the
+        data), then up to the next ``LF . CR LF``, which ends the data when a CR comes just
+        before it. Returns None at the end of the data; otherwise (no end within the
+        buffer's limit: a big message) the part of the current line already read, for
+        :meth:`_read_lines` to go on from. Nothing past the end marker is read: commands
+        pipelined after it stay for aiosmtpd (RFC 2920)."""
+        reader = self._reader
+        lines = bytearray()  # whole lines read, not yet kept
+        while True:
+            try:  # at a line start
+                head = await reader.readuntil(b"\r")
+            except asyncio.LimitOverrunError:
+                got.lines(lines)
+                return b""
+            if head == b".\r":
+                after = await reader.readexactly(1)
+                if after == b"\n":
+                    got.lines(lines)
+                    return None
+                head += after
+            try:
+                rest = await reader.readuntil(b"\n.\r\n")
+            except asyncio.LimitOverrunError:
+                got.lines(lines)
+                return head
+            before = rest[-5:-4] if len(rest) > 4 else head[-1:]
+            lines += head
+            if before == b"\r":  # ".\r\n" on a line of its own: the end
+                lines += memoryview(rest)[:-3]
+                got.lines(lines)
+                return None
+            lines += rest  # a bare LF before it: one line goes on, to the CRLF ending it
+
+    async def _read_lines(self, got: _Got, carry: bytes) -> None:
+        """Read the rest of DATA a line at a time (a message bigger than the reader's
+        buffer), ``carry`` being the start of the current line, read already."""
+        reader = self._reader
+        continued = False  # inside a line longer than the reader's limit
+        while self.transport is not None:
+            if carry.endswith(b"\r"):  # its LF may be next: then the line is whole
+                after = await reader.readexactly(1)
+                carry += after
+                if after == b"\n":
+                    line, carry = carry, b""
+                    got.line(line, too_long=len(line) > self.line_length_limit)
+                    continue
+            try:
+                line = carry + await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                chunk = await reader.read(exc.consumed)  # drained, never kept
+                got.overlong(len(carry) + len(chunk))
+                carry = b""
+                continued = True
+                continue
+            carry = b""
+            if line == b".\r\n" and not continued:
+                return
+            got.line(line, too_long=continued or len(line) > self.line_length_limit)
+            continued = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")

@@ -414,7 +414,7 @@ def test_members_copies_leave_out_where_the_report_was_sent_from(tmp_path: Path,
 def test_a_report_over_a_megabyte_is_stored_and_forwarded_whole(tmp_path: Path) -> None:
     """A report past the size from which SQLite takes values in pieces (a zero blob, then
     filled): its case holds it byte for byte, and every member's copy attaches it whole."""
-    from sqlmodel import Session
+    from sqlmodel import Session, select
 
     from coc_mail import store
     from coc_mail.store.crypto import BIG, load_keyring
@@ -432,7 +432,8 @@ def test_a_report_over_a_megabyte_is_stored_and_forwarded_whole(tmp_path: Path) 
         keys, _ = load_keyring(str(d.var / "secret.key"))
         engine = store.make_engine(f"sqlite:///{tmp_path}/var/coc-mail.db")
         with Session(engine) as session:
-            (case,) = session.exec(sa.select(store.Case)).scalars().all()
+            (case,) = session.exec(select(store.Case)).all()
+            assert case.report is not None
             stored = keys.open(case.report, "cases.report")
         engine.dispose()
     finally:
