@@ -416,14 +416,15 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
   loop (1-100 ms naps that, not the work, had set the pace).
 * **Processing in batches**: up to 32 messages per transaction, with one outbox for the
   batch (shared bodies, sent-copy records and queue rows: one statement per table), code
-  names checked 32 candidates at a time, standings as one `executemany`.
+  names checked 32 candidates at a time, standings as one `executemany`, a new case as one
+  prebuilt Core insert, counts as one upsert each.
 * **Copies share their body.** A report's five member copies are five header blocks and one
   stored body; each copy is DKIM-signed when it is sent, with the body hash computed once
-  (dkimpy's relaxed canonicalisation, skipped where it cannot change the text; RSA in
-  OpenSSL: about 0.4 ms a signature). SQLite delivery workers split the queue by body id (a
-  read, no lease to write; a report's copies go through one worker, which opens and hashes
-  its body once) and claim copies in batches; PostgreSQL keeps leases (`UPDATE ...
-  RETURNING`, `SKIP LOCKED`) so several daemons share one queue.
+  (relaxed canonicalisation, skipped where it cannot change the text; the header signing
+  coc-mail's own, dkimpy's result byte for byte; RSA in OpenSSL). SQLite delivery workers
+  split the queue by body id (a read, no lease to write; a report's copies go through one
+  worker, which opens and hashes its body once) and claim copies in batches; PostgreSQL
+  keeps leases (`UPDATE ... RETURNING`, `SKIP LOCKED`) so several daemons share one queue.
 * **Pipelined relay transactions** (`coc_mail/delivery/relay.py`, RFC 2920): aiosmtplib opens each
   relay connection (TLS, AUTH), then each copy's MAIL, RCPT and DATA go out as one group
   when the relay offers PIPELINING, as Postfix's smtp(8) sends them: two round trips a copy
@@ -448,53 +449,58 @@ under 50 members browsing: `docs/web-load.md`. Two daemons on one PostgreSQL:
 
 ## Where the time goes, and what is left
 
-`python -m bench.profile` samples every process under the same flood with py-spy (`--gil`
-for Python's own work only: without it, a thread waiting for a core is sampled too, and a
-nice-2 processor on 2 cores waits often). The CPU rows above are per report, all processes
-together about 9 ms; Postfix's is a fraction of it, in C, with one transaction a report.
-coc-mail keeps both cores busy until the last copy is out (with smtp-source and smtp-sink
-on the same two cores), so it is CPU-bound, and the processor, the one serial stage, sets
-the pace once intake is done.
+Read the ratios with the machine's speed beside them (the two "machine speed" rows, taken
+at the start of every run). Postfix's run is bound by its fsyncs and is in C; coc-mail's is
+bound by the CPU and in Python: on a machine that runs Python three times slower, Postfix
+hardly slows down and every ratio against it falls. On the machine of the earlier figures
+an RSA-2048 signature took 0.24 ms; on the one that ran the table above it took about
+1 ms, and bare aiosmtpd accepted about 400 messages/s instead of 1,200. The row "this
+code / coc-mail at REF" (`--baseline REF`: that commit's daemon in the same run, same
+defaults, order alternated) does not depend on the machine.
 
-* **Processing (3.2-3.7 ms a report, as the machine's speed swings)**: SQLAlchemy's unit of
-  work is a third of it (the
-  case row, its standings, audit entry, counters and five queued copies, flushed after each
-  message so the next one sees it); the privacy scans of every report (addresses of ours
-  in any decoded form, in every MIME part, base64 windows and the raw bytes) about 15 %;
-  building the forwarded body (what a client shows, quoted-printable) about 10 %.
-* **Delivery (3.6-4.0 ms a report, five copies)**: every member's copy carries that
+All processes, the relay (smtp-sink) and this benchmark share the two cores, and the
+cores are busy until the last copy is out ("cores left idle" above): delivered reports/s
+is set by the sum of the CPU rows. Measured with `perf` (on-CPU samples of every thread,
+which py-spy's GIL mode is not: a nice-6 process preempted in the `write` that wakes
+smtp-sink is sampled as if it were writing) and cProfile on each thread's CPU clock:
+
+* **Delivery (the largest row, five copies)**: more than half of it is the five RSA-2048
+  signatures (OpenSSL, in cryptography's extension). Every member's copy carries that
   member's own case address (a secret token) in `Reply-To:` and its own Message-ID and
   bounce address (SPEC 1.4, 3), so a report is five transactions and five signatures where
-  Postfix sends one transaction with five RCPTs (signing only the headers copies share
-  would leave `Reply-To:` unsigned, against RFC 6376 5.4, and let a replayed copy be
-  re-pointed). The RSA-2048 signatures are 5 x 0.24 ms (OpenSSL, off the GIL); the header
-  signing around them is now coc-mail's own (dkimpy's result byte for byte, without its
-  per-message objects); the SMTP writes, two a copy (the commands, then the content), each
-  waking smtp-sink (which runs on the same cores), are most of the rest.
-* **Intake (about 1.3 ms a report)**: the spool's group commit, reading DATA, and what is
-  left of aiosmtpd's set-up of each session (smtp-source, like most MTAs, sends one
-  message a connection).
+  Postfix, signing nothing, sends one transaction with five RCPTs; signing only the headers
+  copies share would leave `Reply-To:` unsigned (RFC 6376 5.4) and let a replayed copy be
+  re-pointed. The kernel's share (the SMTP writes) is about 7 % of delivery: pipelining a
+  copy's content with the next copy's commands was tried in a bare client against
+  smtp-sink and saved about 10 us a copy, so it was left out.
+* **Processing (the serial stage)**: a new case is now inserted with one prebuilt Core
+  statement and attached as loaded (no unit-of-work flush, no model constructor), the
+  acknowledgment and flood counts are one upsert each, and the statements every case
+  writes are built once (building one and its cache key had cost three times running it).
+  SQLAlchemy went from about 42 % to about 28 % of the processor's samples. What is left
+  is spread thin: building the forwarded body (what a client shows, quoted-printable)
+  about 14 %, the privacy scans of every report about 11 %, the five copies' header blocks
+  and seals about 11 %, the remaining statements about 20 %.
+* **Intake**: DATA is read a stretch of lines at a time (two searches for a message that
+  fits the reader's buffer, instead of a read per line); the rest is aiosmtpd's set-up of
+  each session (smtp-source sends one message a connection) and the spool's group commit.
 
-Between this and 1.0 x Postfix's delivery: about half the CPU of every report. The next
-steps in order of size: the processor's rows written with Core statements instead of ORM
-objects (a third of the serial stage); a copy's content and the next copy's commands
-written as one pipelined group (RFC 2920 allows it: one write and one wake-up of the relay
-a copy instead of two); the privacy scans sharing one decoding of each part.
+Between this and 1.0 x Postfix's delivery: the signatures alone are about a fifth of all
+the CPU of a report. Next steps, in order of size: the processor's per-case rows (code
+name, standings, first audit entry) written once per batch of 32 instead of once per
+report; the forwarded body built from the parse the privacy scans already made; aiosmtpd's
+per-session `dir()` of its own methods.
 
-Found and fixed on the way (issue 14): the quote scanner ran its attribution patterns over
-every line of every forwarded report (a regex alternation searched along each line; the
-processor's largest cost): it now tries them only on lines that end as an attribution does,
-exactly the same result; line endings and DKIM's relaxed body form by `bytes.replace`
-instead of per-match regex substitution; the acknowledgment and flood counters were re-read
-for every report (a flushed row falls out of the identity map); a body part's DATA encoding
-is made once for all its copies; DKIM header signing without dkimpy's objects (delivery's
-CPU a report from 4.2 to 3.6 ms in the profiled run); aiosmtpd's per-session look through
-every method of the protocol and handler cached per class, and its address parser without
-the class it built for every MAIL and RCPT (a quarter of the intake's samples in the
-profile). Together, with the machine-chosen `delivery.workers`, they took the shipped
-defaults from 1.18 to about 1.8 x Postfix's accept rate and from 0.36 to about 0.5 x its
-delivery. Tried and left out: the processor at nice 0 (intake fell to 1.52 x, delivery did
-not rise: 0.49 against 0.56 in the same session).
+Found and fixed on the way (issue 14): this benchmark's own counting of the copies read
+every file the sink had written, whole, at every poll (40 ms of CPU a poll at 2,500 files,
+on the cores being measured, five times as much for coc-mail, with a file per copy, as for
+Postfix, with a file per report): it now reads each file's head once. Earlier in the
+issue: the quote scanner tried its attribution patterns only on lines that end as an
+attribution does; line endings and DKIM's relaxed body form by `bytes.replace`; a body
+part's DATA encoding made once for all its copies; DKIM header signing without dkimpy's
+objects; aiosmtpd's per-session look through every method cached per class, and its
+address parser without the class it built for every MAIL and RCPT. Tried and left out: the
+processor at nice 0 (intake fell to 1.52 x, delivery did not rise).
 """
 
 
