@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procs import command_line
 from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.helpers import Daemon, Relay, make_report, wait_for
 
@@ -201,8 +202,7 @@ def main() -> int:
     lines = [
         "# Reliability under faults",
         "",
-        "Produced by `python -m bench.reliability "
-        + " ".join(a for a in sys.argv[1:]) + "` (rerun it to check).",
+        f"Produced by `{command_line('bench.reliability', sys.argv[1:])}` (rerun it to check).",
         "Reports and thread posts (one in three: Ada to Grace and Linus, in an Ongoing case)",
         "are sent one after another while the daemon is killed with SIGKILL at random",
         "moments (during DATA, after 250, mid-processing, mid-delivery) and restarted.",
