@@ -41,10 +41,12 @@ def arrived(unit: Unit, recipients: list[Recipient]) -> None:
     if not reporters and not own:
         quoted = quoted_cases(unit)
         automatic = bool(msg.auto_reply()) or msg.is_report()
-        if quoted is None and automatic and our_copies(unit):
+        if quoted is None and not (automatic and our_copies(unit)):
+            report.open_case(unit, without)  # nothing of ours in it: a new report (SPEC 8.1)
+            return
+        unit.outbox.write_rows(unit.session)  # mail about our mail: it may read new cases
+        if quoted is None:
             automatic_about_our_mail(unit)  # an auto-reply to one of our copies
-        elif quoted is None:  # nothing of ours in it: a new report (SPEC 8.1)
-            report.open_case(unit, without)
         elif automatic:
             automatic_about_our_mail(unit)
         elif member is not None:
@@ -52,6 +54,7 @@ def arrived(unit: Unit, recipients: list[Recipient]) -> None:
         else:
             case_mail_came_back(unit, quoted)
         return
+    unit.outbox.write_rows(unit.session)
     case = (reporters or own)[0]
     unit.done_cases.add(int(case.id or 0))
     if msg.auto_reply():

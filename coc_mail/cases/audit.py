@@ -6,7 +6,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from coc_mail.store import AuditEntry, utcnow
@@ -14,7 +13,6 @@ from coc_mail.store.crypto import Keyring
 
 GENESIS = "0" * 64
 AUDIT_LOG = AuditEntry.__table__  # type: ignore[attr-defined]
-_FIRST_ENTRY = insert(AUDIT_LOG)  # built once: every new case has one
 
 
 def _digest(prev: str, code_name: str, at: str, actor: str, action: str) -> str:
@@ -22,21 +20,12 @@ def _digest(prev: str, code_name: str, at: str, actor: str, action: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def record(
-    keys: Keyring, session: Session, code_name: str, actor: str, action: str,
-    *, first: bool = False,
-) -> None:
-    """Append one entry to the case's chain (in the caller's transaction); ``first`` for
-    the entry that opens a new case's chain."""
-    last = None if first else session.exec(
-        select(AuditEntry.hash)
-        .where(AuditEntry.code_name == code_name)
-        .order_by(col(AuditEntry.id).desc())
-        .limit(1)
-    ).first()
-    prev = last or GENESIS
+def entry(keys: Keyring, code_name: str, actor: str, action: str, prev: str = GENESIS
+          ) -> dict[str, Any]:
+    """One audit_log row: ``prev`` the hash of the case's entry before it (none: a new
+    case's first entry, for :meth:`Outbox.later`)."""
     at = utcnow().replace(microsecond=0)
-    entry: dict[str, Any] = {
+    return {
         "code_name": code_name,
         "at": at,
         "actor": keys.seal_text(actor, "audit_log.actor"),
@@ -44,10 +33,17 @@ def record(
         "prev_hash": prev,
         "hash": _digest(prev, code_name, at.isoformat(), actor, action[:200]),
     }
-    if first:  # a new case's first entry: a Core insert, no ORM object to flush
-        session.connection().execute(_FIRST_ENTRY, entry)
-        return
-    session.add(AuditEntry(**entry))
+
+
+def record(keys: Keyring, session: Session, code_name: str, actor: str, action: str) -> None:
+    """Append one entry to the case's chain (in the caller's transaction)."""
+    last = session.exec(
+        select(AuditEntry.hash)
+        .where(AuditEntry.code_name == code_name)
+        .order_by(col(AuditEntry.id).desc())
+        .limit(1)
+    ).first()
+    session.add(AuditEntry(**entry(keys, code_name, actor, action, last or GENESIS)))
     session.flush()  # the next entry of this transaction reads this one
 
 

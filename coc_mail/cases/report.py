@@ -11,7 +11,13 @@ from sqlmodel import Session
 from coc_mail.app import App
 from coc_mail.cases import audit, conflicts, document
 from coc_mail.cases.members import declared_conflicts, pending_members
-from coc_mail.cases.standing import Standing, open_standings, unused_code_name
+from coc_mail.cases.standing import (
+    CASE_MEMBERS,
+    CODE_NAMES,
+    Standing,
+    first_standings,
+    unused_code_name,
+)
 from coc_mail.cases.unit import Unit
 from coc_mail.mail.compose import text_message
 from coc_mail.store import Case, attach, count_up, deferred_blob, fill_blob, new_row, utcnow
@@ -63,8 +69,11 @@ def open_case(unit: Unit, without: list[str]) -> None:
         acknowledge(unit, case, reporter)
     first = {m.handle: Standing.EXCLUDED for m in decision.excluded}
     first.update({m.handle: Standing.NOTIFIED for m in recipients})
-    open_standings(app, session, case, first)
-    audit.record(app.keys, session, case.code_name, "coc-mail", "case opened (New)", first=True)
+    later = unit.outbox.later  # with the batch's other new cases (nothing reads them before)
+    later(CODE_NAMES, [{"name": case.code_name}])
+    later(CASE_MEMBERS, first_standings(app, case, first))
+    later(audit.AUDIT_LOG, [audit.entry(app.keys, case.code_name, "coc-mail",
+                                        "case opened (New)")])
     if not recipients:
         log.error("case %s: every member is excluded; nobody received it", case.code_name)
     log.info(

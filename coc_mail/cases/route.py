@@ -55,6 +55,7 @@ def handle(unit: Unit) -> None:
             recipients.append(r)
     if any(r.kind not in (Kind.ALIAS, Kind.WITHOUT) for r in recipients):
         report.forget(unit.session)  # member mail may change the members' state
+        unit.outbox.write_rows(unit.session)  # and may read the batch's new cases
     auto = unit.msg.auto_reply()
     for route in ROUTES:
         mine = [r for r in recipients if r.kind in route.kinds]

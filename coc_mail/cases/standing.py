@@ -7,8 +7,8 @@ import datetime as dt
 import functools
 import logging
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -47,26 +47,24 @@ STATE = "case_members.state"  # the sealed column's context
 CODE_NAME_TRIES = 20
 CODE_NAME_BATCH = 32  # candidates checked at once: the processor's batch size
 FREE_NAMES = "coc_mail.free_code_names"  # session.info key: names checked free, not used yet
+TAKEN_NAMES = "coc_mail.taken_code_names"  # and names taken, maybe not in code_names yet
 CODE_NAMES = CodeName.__table__  # type: ignore[attr-defined]
 CASE_MEMBERS = CaseMember.__table__  # type: ignore[attr-defined]
-# Statements of every new case, built once: building one (and its cache key) for each
-# execution cost three times what executing it does.
-_NEW_CODE_NAME = insert(CODE_NAMES)
-_NEW_STANDINGS = insert(CASE_MEMBERS)
 
 
 def unused_code_name(session: Session) -> str:
     """A fresh code name not used by any case so far (the unique constraint backs this up).
 
     Candidates are checked a batch at a time, in one query, and kept for the rest of the
-    session's transaction; the one taken is recorded in code_names at once. Core statements:
-    a new case is the processor's commonest work under a flood.
+    session's transaction, as are the names taken in it: the caller records the one it
+    takes in code_names (with the batch's other new rows: :meth:`Outbox.later`).
     """
     free: list[str] = session.info.setdefault(FREE_NAMES, [])
+    taken_here: set[str] = session.info.setdefault(TAKEN_NAMES, set())
     conn = session.connection()
     for _ in range(CODE_NAME_TRIES):
         if not free:
-            drawn = {new_code_name() for _ in range(CODE_NAME_BATCH)}
+            drawn = {new_code_name() for _ in range(CODE_NAME_BATCH)} - taken_here
             taken = set(conn.execute(  # every case's name is in code_names
                 select(CODE_NAMES.c.name).where(CODE_NAMES.c.name.in_(drawn))
             ).scalars())
@@ -75,7 +73,7 @@ def unused_code_name(session: Session) -> str:
             free.extend(sorted(drawn - taken))
         if free:
             code_name = free.pop()
-            conn.execute(_NEW_CODE_NAME, {"name": code_name})
+            taken_here.add(code_name)
             return code_name
     raise RuntimeError("could not draw an unused code name")
 
@@ -106,18 +104,17 @@ def set_standing(app: App, session: Session, case: Case, handle: str, standing: 
         session.add(row)
 
 
-def open_standings(app: App, session: Session, case: Case, of: dict[str, Standing]) -> None:
-    """The first standings of a case just opened (its rows are new: one insert for all)."""
+def first_standings(app: App, case: Case, of: dict[str, Standing]) -> list[dict[str, Any]]:
+    """The case_members rows of a case just opened (for :meth:`Outbox.later`: one insert for
+    the batch's new cases)."""
     assert case.id is not None
     now = utcnow()
-    rows = [
+    return [
         {"case_id": case.id, "member_tag": member_tag(app, handle),
          "state": app.keys.seal_text(standing, STATE),
          "updated_at": now, "reminded": False}
         for handle, standing in of.items()
     ]
-    if rows:
-        session.connection().execute(_NEW_STANDINGS, rows)
 
 
 def standings(app: App, session: Session, case: Case) -> dict[str, Standing]:

@@ -11,10 +11,13 @@ it answers. Any mail client then shows a case as one conversation per person."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import insert, select
 from sqlmodel import Session, SQLModel
 
@@ -25,6 +28,13 @@ from coc_mail.mail.compose import Ids, mailbox, new_message_id, text_message
 from coc_mail.store import Case, deferred_blob, fill_blob, utcnow
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _insert(table: sa.Table) -> sa.Insert:
+    return sa.insert(table)  # built once per table: building cost more than running it
+
+
 BODIES, SENT_COPIES, OUTBOUND = (
     SQLModel.metadata.tables[name] for name in ("bodies", "sent_copies", "outbound")
 )
@@ -53,6 +63,23 @@ class Outbox:
     bodies: list[bytes] = field(default_factory=list)  # sealed shared bodies
     begun: set[str] = field(default_factory=set)  # thread ids known to have a first message
     fresh: set[str] = field(default_factory=set)  # code names of cases opened by this unit
+    rows: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)  # see later()
+
+    def later(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Rows of the cases this batch opens that nothing reads before the batch ends (its
+        code name, standings and first audit entry), added with the copies: one insert per
+        table for the batch instead of one per case. Whatever could read them (mail about
+        an existing case: :func:`coc_mail.cases.route.handle`) has :meth:`write_rows` run
+        first; no mail can be about a case of this batch, since none of its mail is out."""
+        self.rows.setdefault(table, []).extend(rows)
+
+    def write_rows(self, session: Session) -> None:
+        """Insert the rows :meth:`later` holds, in the order their tables were first given."""
+        conn = session.connection()
+        for table, rows in self.rows.items():
+            if rows:
+                conn.execute(_insert(table), rows)
+        self.rows.clear()
 
     def thread_id(self, code_name: str, role: str) -> str:
         """The Message-ID of the first message to ``role`` about a case: the root every
@@ -118,7 +145,9 @@ class Outbox:
         return message_id
 
     def write(self, session: Session) -> int:
-        """Add every pending copy to ``session`` (flushing first so new cases have ids)."""
+        """Add every pending copy to ``session`` (flushing first so new cases have ids), and
+        the rows :meth:`later` holds."""
+        self.write_rows(session)
         if not self.pending:
             return 0
         session.flush()

@@ -442,3 +442,35 @@ def test_a_report_over_a_megabyte_is_stored_and_forwarded_whole(tmp_path: Path) 
     for email in MEMBER_EMAILS:
         (copy,) = copies[email]
         assert copy.original() == raw.replace(b"\r\n", b"\n")
+
+
+def test_reports_processed_together_each_get_a_case_of_their_own(daemon: Daemon) -> None:
+    """Forty reports sent at once are processed in batches (up to 32 a transaction, their
+    code names, standings and first audit entries written once per batch): forty cases,
+    forty code names, every chain verified, every member's copy and acknowledgment out."""
+    with daemon.smtp() as s:  # forty reporters (one's reports past a few a day are a flood)
+        for i in range(40):
+            s.send_message(make_report(sender=f"Reporter {i} <r{i}@example.com>",
+                                       subject=f"Report {i}", body=f"Report number {i}.\n"),
+                           from_addr=f"r{i}@example.com", to_addrs=[ALIAS])
+    copies = daemon.wait_delivered(40 * 4, timeout=120)
+    assert len(copies) == 40 * 4
+    from sqlmodel import Session, select
+
+    from coc_mail import store
+    from coc_mail.cases import audit
+    from coc_mail.store.crypto import load_keyring
+
+    keys, _ = load_keyring(str(daemon.var / "secret.key"))
+    engine = store.make_engine(daemon.database)
+    with Session(engine) as session:
+        names = [c.code_name for c in session.exec(select(store.Case)).all()]
+        assert len(names) == len(set(names)) == 40
+        for name in names:
+            lines, intact = audit.verify(keys, session, name)
+            assert intact and [line.action for line in lines] == ["case opened (New)"]
+        standings = session.exec(select(store.CaseMember)).all()
+        assert len(standings) == 40 * 3  # every member's standing in every case
+    engine.dispose()
+    subjects = {str(c["Subject"]) for c in copies if c.to in MEMBER_EMAILS}
+    assert len(subjects) == 40  # each case's subject carries its own code name
