@@ -89,7 +89,7 @@ BIG_LINE = st.sampled_from([b"y" * 70_000, b"." + b"z" * 65_540 + b"\r\n", b"w" 
 @example(lines=[b".\r\r", b".", b"\r"], repeat=1, cuts=[62, 63, 64, 65])
 @example(lines=[b"x" * 70] * 20, repeat=3000, cuts=[70_000, 70_001])  # past the buffer
 @example(lines=[b"v" * 40_000 + b"\r" + b"u" * 40_000], repeat=1, cuts=[])  # a line too long
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(st.one_of(LINE, LINE, LINE, BIG_LINE), max_size=30),
        repeat=st.sampled_from([1, 1, 1, 40, 3000]), cuts=st.lists(st.integers(0, 1 << 20),
                                                                   max_size=4))
