@@ -55,7 +55,6 @@ def handle(unit: Unit) -> None:
             recipients.append(r)
     if any(r.kind not in (Kind.ALIAS, Kind.WITHOUT) for r in recipients):
         report.forget(unit.session)  # member mail may change the members' state
-        unit.outbox.write_rows(unit.session)  # and may read the batch's new cases
     auto = unit.msg.auto_reply()
     for route in ROUTES:
         mine = [r for r in recipients if r.kind in route.kinds]
@@ -65,4 +64,6 @@ def handle(unit: Unit) -> None:
             log.info("automatic reply (%s) to a %s address: dropped", auto,
                      mine[0].kind.value)
             continue
+        if Kind.ALIAS not in route.kinds:  # it may read a case the alias's route opened
+            unit.outbox.write_rows(unit.session)
         route.handle(unit, mine)

@@ -184,13 +184,18 @@ class _Got:
         self.refusal = ""
         self.counted = 0  # of BoundedSMTP.held, this transfer's share
 
-    def _keep(self, raw: int, text: bytes | bytearray | memoryview, too_long: bool) -> None:
+    def _keep(self, raw: int, text: bytes | bytearray | memoryview, too_long: bool,
+              overrun: bool = False) -> None:
+        """The first problem decides the answer, in aiosmtpd's order: a line past the
+        reader's limit as it is read, the size limit, then a whole line too long."""
         self.size += raw
         limit = self.smtp.data_size_limit
-        if too_long:
+        if overrun:
             self.refusal = self.refusal or TOO_LONG
         elif limit and self.size > limit:
             self.refusal = self.refusal or TOO_MUCH
+        elif too_long:
+            self.refusal = self.refusal or TOO_LONG
         elif BoundedSMTP.held + raw > self.smtp.max_data_memory:
             self.refusal = self.refusal or verdicts.TOO_BUSY
             log.warning("data: %d bytes held by all sessions; this one gets 451",
@@ -213,6 +218,15 @@ class _Got:
             return
         too_long = len(lines) > self.smtp.line_length_limit and _longest_over(
             lines, self.smtp.line_length_limit)
+        limit = self.smtp.data_size_limit
+        if too_long and not self.refusal and limit and self.size + len(lines) > limit:
+            start = 0  # both problems in these lines: the first one met decides, line by line
+            while start < len(lines):
+                end = lines.find(b"\r\n", start) + 2
+                self.line(bytes(lines[start:end]),
+                          too_long=end - start > self.smtp.line_length_limit)
+                start = end
+            return
         text: bytes | bytearray = lines
         if lines[:1] == b"." or b"\r\n." in lines:
             text = (b"\r\n" + lines).replace(b"\r\n.", b"\r\n")[2:]
@@ -220,7 +234,7 @@ class _Got:
 
     def overlong(self, raw: int) -> None:
         """Part of a line past the reader's limit, read and dropped."""
-        self._keep(raw, b"", too_long=True)
+        self._keep(raw, b"", too_long=True, overrun=True)
 
     def release(self) -> None:
         BoundedSMTP.held -= self.counted
@@ -363,6 +377,9 @@ class BoundedSMTP(SMTP):
                 got.lines(lines)
                 return None
             lines += rest  # a bare LF before it: one line goes on, to the CRLF ending it
+            if len(lines) >= self.line_length_limit:  # whole lines: kept (and counted) now
+                got.lines(lines)
+                lines = bytearray()
 
     async def _read_lines(self, got: _Got, carry: bytes) -> None:
         """Read the rest of DATA a line at a time (a message bigger than the reader's
@@ -370,14 +387,23 @@ class BoundedSMTP(SMTP):
         reader = self._reader
         continued = False  # inside a line longer than the reader's limit
         while self.transport is not None:
-            if carry.endswith(b"\r"):  # its LF may be next: then the line is whole
-                after = await reader.readexactly(1)
-                carry += after
-                if after == b"\n":
-                    line, carry = carry, b""
-                    got.line(line, too_long=len(line) > self.line_length_limit)
+            if carry.endswith(b"\r"):  # its LF may come next: the CRLF would be split
+                try:
+                    carry += await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await reader.read(exc.consumed)  # drained, never kept
+                    got.overlong(len(carry) + len(chunk))
+                    carry = b""
+                    continued = True
                     continue
-            try:
+                if carry.endswith(b"\r\n"):  # the first CRLF: the line is whole
+                    line, carry = carry, b""
+                    if line == b".\r\n" and not continued:
+                        return
+                    got.line(line, too_long=len(line) > self.line_length_limit)
+                    continued = False
+                    continue
+            try:  # (a carry ending with a bare LF cannot hold half a CRLF)
                 line = carry + await reader.readuntil(b"\r\n")
             except asyncio.LimitOverrunError as exc:
                 chunk = await reader.read(exc.consumed)  # drained, never kept
@@ -388,7 +414,7 @@ class BoundedSMTP(SMTP):
             carry = b""
             if line == b".\r\n" and not continued:
                 return
-            got.line(line, too_long=continued or len(line) > self.line_length_limit)
+            got.line(line, too_long=len(line) > self.line_length_limit)
             continued = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

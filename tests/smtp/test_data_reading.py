@@ -108,3 +108,46 @@ def test_data_is_read_as_aiosmtpd_reads_it(servers: dict[str, tuple[int, Keeper]
         before = len(keeper.contents)
         seen[name] = (converse(port, pieces), keeper.contents[before:])
     assert seen["ours"] == seen["stock"]
+
+
+# Streams a review found or checked by hand: CRs about the reader's 64 KiB limit, a CRLF
+# split where a stretch breaks off, the size limit met before a line too long.
+EDGES = {
+    "cr at 65535": b"a" * 65535 + b"\r" + b"b" * 10,
+    "cr at 65536": b"a" * 65536 + b"\r" + b"b" * 10,
+    "crlf past the limit": b"a" * 65537 + b"\r\n.x",
+    "crlf at 65534": b"a" * 65534 + b"\r\nz",
+    "crlf at 65536": b"a" * 65536 + b"\r\nz",
+    "cr cr lf at the boundary": b"a" * 65535 + b"\r\r\n.q\r\n" + b"y" * 70,
+    "a long first line with a dot": b"." + b"z" * 70000 + b"\r\n..\r\nend",
+    "bare lf dot, then a big body": b"a\n.\r\n" + b"\r\n".join([b"y" * 70] * 1000),
+    "cr dot cr, then a big body": b"q\r.\r" + b"\r\n".join([b"y" * 70] * 1000),
+    "cr cr lf carried, then a dot": b"A\r\r\n.foo\r\n" + b"\r\n".join([b"y" * 70] * 1000),
+    "size limit before a long line": b"\r\n".join([b"x" * 70] * 3500) + b"\r\n" + b"z" * 65535,
+    "a bare lf dot every 60 KiB": (b"x" * 60_000 + b"\n.\r\n") * 8,
+}
+
+
+@pytest.mark.parametrize("body", list(EDGES.values()), ids=list(EDGES))
+def test_edges_are_read_as_aiosmtpd_reads_them(servers: dict[str, tuple[int, Keeper]],
+                                               body: bytes) -> None:
+    stream = (b"EHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+              + body + b"\r\n.\r\nNOOP\r\nQUIT\r\n")
+    seen = {}
+    for name, (port, keeper) in servers.items():
+        before = len(keeper.contents)
+        seen[name] = (converse(port, [stream]), keeper.contents[before:])
+    assert seen["ours"] == seen["stock"]
+
+
+def test_a_bare_lf_before_each_dot_does_not_escape_the_size_limit(
+        servers: dict[str, tuple[int, Keeper]]) -> None:
+    """A line ``x LF . CR LF`` every 60 KiB keeps the search for the end marker going past
+    the size limit: the answer is still 552, and nothing is kept."""
+    port, keeper = servers["ours"]
+    body = (b"x" * 60_000 + b"\n.\r\n") * 10  # 600 KB, twice the limit
+    before = len(keeper.contents)
+    replies = converse(port, [b"EHLO t\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>"
+                              b"\r\nDATA\r\n" + body + b"\r\n.\r\nQUIT\r\n"])
+    assert b"552 Error: Too much mail data" in replies
+    assert keeper.contents[before:] == []
