@@ -75,6 +75,8 @@ class Outbox:
 
     def write_rows(self, session: Session) -> None:
         """Insert the rows :meth:`later` holds, in the order their tables were first given."""
+        if not self.rows:
+            return
         conn = session.connection()
         for table, rows in self.rows.items():
             if rows:

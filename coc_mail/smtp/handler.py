@@ -387,29 +387,18 @@ class BoundedSMTP(SMTP):
         reader = self._reader
         continued = False  # inside a line longer than the reader's limit
         while self.transport is not None:
-            if carry.endswith(b"\r"):  # its LF may come next: the CRLF would be split
-                try:
-                    carry += await reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError as exc:
-                    chunk = await reader.read(exc.consumed)  # drained, never kept
-                    got.overlong(len(carry) + len(chunk))
-                    carry = b""
-                    continued = True
-                    continue
-                if carry.endswith(b"\r\n"):  # the first CRLF: the line is whole
-                    line, carry = carry, b""
-                    if line == b".\r\n" and not continued:
-                        return
-                    got.line(line, too_long=len(line) > self.line_length_limit)
-                    continued = False
-                    continue
-            try:  # (a carry ending with a bare LF cannot hold half a CRLF)
-                line = carry + await reader.readuntil(b"\r\n")
+            # a carry ending in CR may have its LF next: read to that LF, or the CRLF split
+            # between the two would be missed and two lines merged
+            until = b"\n" if carry.endswith(b"\r") else b"\r\n"
+            try:
+                line = carry + await reader.readuntil(until)
             except asyncio.LimitOverrunError as exc:
                 chunk = await reader.read(exc.consumed)  # drained, never kept
                 got.overlong(len(carry) + len(chunk))
-                carry = b""
-                continued = True
+                carry, continued = b"", True
+                continue
+            if not line.endswith(b"\r\n"):  # a bare LF after that CR: the line goes on
+                carry = line
                 continue
             carry = b""
             if line == b".\r\n" and not continued:
