@@ -56,11 +56,22 @@ def browsers() -> Iterator[list]:  # type: ignore[type-arg]
 def shows(driver, by: str, value: str, text: str) -> None:  # type: ignore[no-untyped-def]
     """Wait until the element shows ``text`` (a submitted form's page may still be loading,
     and the element found first may belong to the page it replaces)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     def seen(d) -> bool:  # type: ignore[no-untyped-def]
-        return text in d.find_element(by, value).text
+        try:
+            return text in d.find_element(by, value).text
+        except WebDriverException as e:
+            # Chromium reports an element of the page being replaced under the form's
+            # navigation this way, not always as a stale element; anything else is a failure.
+            if "does not belong to the document" in (e.msg or ""):
+                return False
+            raise
 
     WebDriverWait(driver, 15, ignored_exceptions=(
         StaleElementReferenceException, NoSuchElementException)).until(seen)
