@@ -177,3 +177,67 @@ def test_queue_ids_are_never_reused_when_the_queue_runs_empty(sqlite_daemon: Dae
         ids.append(reply.split()[-1])
         d.wait_delivered(4 * n)  # processed: the incoming queue is empty again
     assert ids[0] != ids[1], "a queue id names one message in the logs"
+
+
+FIELDS = st.sampled_from([
+    ("Content-Type", 'text/plain; charset="utf-8"'),
+    ("Content-Type", "text/html; charset=iso-8859-1"),
+    ("Content-Type", "text/plain; format=flowed; delsp=yes"),
+    ("Content-Type", "text/plain; charset=utf-8; name=\"=?utf-8?q?r=C3=A9sum=C3=A9.txt?=\""),
+    ("Content-Type", "application/pdf; name*=utf-8''r%C3%A9sum%C3%A9.pdf"),
+    ("Content-Type", "text/plain; charset=\"unknown-8bit\""),
+    ("Content-Type", "text/plain;; charset"),  # broken: defects kept
+    ("Content-Disposition", "attachment; filename=\"notes.txt\""),
+    ("Content-Disposition", "inline"),
+    ("Content-Transfer-Encoding", "quoted-printable"),
+    ("Content-Transfer-Encoding", "base64"),
+    ("From", "=?utf-8?q?Ren=C3=A9e?= <renee@example.org>"),
+    ("Subject", "=?utf-8?b?w6l0w6k=?="),
+])
+
+
+def _shape(msg: object) -> list[tuple[object, ...]]:
+    from email.message import EmailMessage
+
+    assert isinstance(msg, EmailMessage)
+    return [(p.get_content_type(), dict(p.get_params() or []), p.get_filename(),
+             p.get_content_disposition(), p.get_content_charset(),
+             [(k, str(v), [type(d) for d in getattr(v, "defects", ())]) for k, v in p.items()])
+            for p in msg.walk()]
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=st.lists(FIELDS, max_size=6), inner=st.lists(FIELDS, max_size=4),
+       multipart=st.booleans())
+def test_remembered_header_fields_read_as_the_librarys(
+        fields: list[tuple[str, str]], inner: list[tuple[str, str]], multipart: bool) -> None:
+    """readable.parse remembers parsed fields across messages: what every reader of a
+    message sees (types, parameters, file names, charsets, values, defects) is what
+    ``policy.default`` gives, read twice, across messages that share fields."""
+    from email import message_from_bytes
+    from email.policy import default
+
+    from coc_mail.mail import readable
+
+    def head(pairs: list[tuple[str, str]]) -> bytes:
+        return b"".join(f"{k}: {v}\r\n".encode() for k, v in pairs)
+
+    if multipart:
+        raw = (head(fields) + b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+               + head(inner) + b"\r\nr=C3=A9sum=C3=A9 text\r\n--B--\r\n")
+    else:
+        raw = head(fields) + b"\r\nhello =C3=A9\r\n"
+    for _ in range(2):
+        assert _shape(readable.parse(raw)) == _shape(message_from_bytes(raw, policy=default))
+        assert readable.text_of(raw) == readable.text_of(raw)
+
+
+def test_header_fields_are_parsed_once_and_long_ones_every_time() -> None:
+    from coc_mail.mail import readable
+
+    raw = b'Content-Type: text/plain; charset="utf-8"\r\nSubject: s\r\n\r\nhi\r\n'
+    first, second = readable.parse(raw), readable.parse(raw)
+    assert first["Content-Type"] is second["Content-Type"]  # the parse was remembered
+    long = b"Subject: " + b"x " * readable.REMEMBERED_VALUE + b"\r\n\r\nhi\r\n"
+    assert readable.parse(long)["Subject"] is not readable.parse(long)["Subject"]
+    assert readable.parse(long)["Subject"].strip() == ("x " * readable.REMEMBERED_VALUE).strip()
