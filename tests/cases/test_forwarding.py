@@ -474,3 +474,48 @@ def test_reports_processed_together_each_get_a_case_of_their_own(daemon: Daemon)
     engine.dispose()
     subjects = {str(c["Subject"]) for c in copies if c.to in MEMBER_EMAILS}
     assert len(subjects) == 40  # each case's subject carries its own code name
+
+
+def test_one_message_to_the_alias_and_a_member_address_opens_a_case_and_runs_the_command(
+        daemon: Daemon) -> None:
+    """A new member's ``/conflicts none`` sent in one transaction to the alias and to their
+    member address: the alias's route opens a case (its standings held for the batch's end),
+    then the member's route reads every open case's standings, the new one's included, so
+    they are written first. The message is processed once: one case, its chain intact, the
+    member's answer out, nothing shunted."""
+    from sqlmodel import Session, select
+
+    from coc_mail import store
+    from coc_mail.cases import audit
+    from coc_mail.store.crypto import load_keyring
+
+    daemon.members.append({"name": "Hal Newcomer", "email": "hal@example.net"})
+    daemon.write()
+    daemon.cli("reload")
+    onboarding = wait_for(lambda: [c for c in daemon.delivered() if c.to == "hal@example.net"],
+                          20, "Hal's onboarding")[0]
+    member_address = onboarding["Reply-To"].addresses[0].addr_spec
+    seen = len(daemon.delivered())
+    daemon.send(make_report(sender="Hal Newcomer <hal@example.net>", subject="Also a report",
+                            body="/conflicts none\n"),
+                sender="hal@example.net", to=[ALIAS, member_address])
+    answer = wait_for(lambda: [c for c in daemon.delivered()[seen:] if c.to == "hal@example.net"
+                               and "Your conflicts are recorded" in c.text], 30,
+                      "the answer to /conflicts")
+    assert answer
+    keys, _ = load_keyring(str(daemon.var / "secret.key"))
+    engine = store.make_engine(daemon.database)
+    try:
+        def settled() -> bool:
+            with Session(engine) as session:
+                return not session.exec(select(store.Inbound)).all()
+        wait_for(settled, 20, "the incoming queue to empty (nothing shunted)")
+        with Session(engine) as session:
+            (case,) = session.exec(select(store.Case)).all()
+            lines, intact = audit.verify(keys, session, case.code_name)
+            assert intact and lines[0].action == "case opened (New)"
+            standings = session.exec(select(store.CaseMember)).all()
+            assert len(standings) == len({(s.case_id, s.member_tag) for s in standings})
+    finally:
+        engine.dispose()
+    assert "failed" not in daemon.log_text().lower()
