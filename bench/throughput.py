@@ -483,55 +483,67 @@ under 50 members browsing: `docs/web-load.md`. Two daemons on one PostgreSQL:
 Read the ratios with the machine's speed beside them (the two "machine speed" rows, taken
 at the start of every run). Postfix's run is bound by its fsyncs and is in C; coc-mail's is
 bound by the CPU and in Python: on a machine that runs Python three times slower, Postfix
-hardly slows down and every ratio against it falls. On the machine of the earlier figures
-an RSA-2048 signature took 0.24 ms; on the one that ran the table above it took about
-1 ms, and bare aiosmtpd accepted about 400 messages/s instead of 1,200. The row "this
-code / coc-mail at REF" (`--baseline REF`: that commit's daemon in the same run, same
-defaults, order alternated) does not depend on the machine.
+hardly slows down and every ratio against it falls (the previous figures here, on such a
+machine: RSA-2048 at 0.83 ms, delivered 0.37 x). The machine also swings by up to 40 %
+within minutes, and a flood of 500 reports lasts about three seconds, so two runs of the
+same code differ: `--baseline HEAD` (this code against itself, four runs) gave 0.98 x for
+delivery and 0.87 x for intake, and two five-run measurements an hour apart gave 0.58 x and
+0.63 x for delivery against Postfix. The row "this code / coc-mail at REF" carries that
+noise too: against the start of the session (59c3243) it read 0.89 and 0.82 in two runs,
+while the same two trees measured in alternation without Postfix between them (four pairs
+of 800 reports) gave the reverse (195 against 174 reports/s), and the processor's own CPU
+over one spooled backlog of 3,000 reports, four rounds each, was 3.01 against 3.12 ms a
+report.
 
 All processes, the relay (smtp-sink) and this benchmark share the two cores, and the
 cores are busy until the last copy is out ("cores left idle" above): delivered reports/s
-is set by the sum of the CPU rows. Measured with `perf` (on-CPU samples of every thread,
-which py-spy's GIL mode is not: a nice-6 process preempted in the `write` that wakes
-smtp-sink is sampled as if it were writing) and cProfile on each thread's CPU clock:
+is set by the sum of the CPU rows. Each stage measured alone, with a core to spare so that
+samples are not skewed by preemption (a backlog spooled with the processor stopped, then
+processed; a queue of 20,000 copies, then delivered), with py-spy and `perf`:
 
-* **Delivery (the largest row, five copies)**: more than half of it is the five RSA-2048
-  signatures (OpenSSL, in cryptography's extension). Every member's copy carries that
-  member's own case address (a secret token) in `Reply-To:` and its own Message-ID and
+* **Delivery (the largest row, five copies)**: signing is 55 % of it. The same queue
+  delivered with signatures stubbed out took 2.2 ms of CPU a report against 4.9 ms: 0.54 ms
+  a copy in place, where an RSA-2048 signature alone takes 0.3 ms and the header
+  canonicalisation 65 us, each measured on its own (the rest is not accounted for:
+  signing a claimed batch in one go, to keep the caches warm, changed nothing). Every member's copy carries
+  that member's own case address (a secret token) in `Reply-To:`, its own Message-ID and
   bounce address (SPEC 1.4, 3), so a report is five transactions and five signatures where
-  Postfix, signing nothing, sends one transaction with five RCPTs; signing only the headers
-  copies share would leave `Reply-To:` unsigned (RFC 6376 5.4) and let a replayed copy be
-  re-pointed. The kernel's share (the SMTP writes) is about 7 % of delivery: pipelining a
-  copy's content with the next copy's commands was tried in a bare client against
-  smtp-sink and saved about 10 us a copy, so it was left out.
-* **Processing (the serial stage)**: a new case is now inserted with one prebuilt Core
-  statement and attached as loaded (no unit-of-work flush, no model constructor), the
-  acknowledgment and flood counts are one upsert each, and the statements every case
-  writes are built once (building one and its cache key had cost three times running it).
-  SQLAlchemy went from about 42 % to about 28 % of the processor's samples. What is left
-  is spread thin: building the forwarded body (what a client shows, quoted-printable)
-  about 14 %, the privacy scans of every report about 11 %, the five copies' header blocks
-  and seals about 11 %, the remaining statements about 20 %.
-* **Intake**: DATA is read a stretch of lines at a time (two searches for a message that
-  fits the reader's buffer, instead of a read per line); the rest is aiosmtpd's set-up of
+  Postfix, signing nothing, sends one transaction with five RCPTs. A signature shared by a
+  report's copies would have to leave `Reply-To:` and `To:` unsigned (RFC 6376 5.4): a
+  hostile member could then re-send their copy, DKIM- and DMARC-valid as the committee's,
+  to anyone, with replies pointed at themselves. That stays out. The relay client itself
+  costs 50-70 us a copy (`RelaySession.send` against smtp-sink, 10-20 in flight), claims
+  and deletions about 20 us; the kernel (loopback TCP, wake-ups) about 12 % of delivery.
+* **Processing (the serial stage, 3.0 ms a report alone)**: spread thin. Executing the
+  statements about 20 % (their parameters' processing included), the privacy scans of
+  every report 14 % (smtp-source's body is lines of `X`, which read as base64: the scans
+  decode it and search the result too, as they must for an attachment), the forwarded body
+  10 %, the five copies' header blocks, tokens and seals about 12 %, the commit's fsync
+  7 % (waiting, not CPU), the strict parse of `From:` 6 %.
+* **Intake**: DATA is read a stretch of lines at a time; the rest is aiosmtpd's set-up of
   each session (smtp-source sends one message a connection) and the spool's group commit.
 
-Between this and 1.0 x Postfix's delivery: the signatures alone are about a fifth of all
-the CPU of a report. Next steps, in order of size: the processor's per-case rows (code
-name, standings, first audit entry) written once per batch of 32 instead of once per
-report; the forwarded body built from the parse the privacy scans already made; aiosmtpd's
-per-session `dir()` of its own methods.
+Between this and 1.0 x Postfix's delivery, per report: the five signatures (about 2.7 ms
+in place, a quarter of all the CPU) and the relay's five transactions (smtp-sink's own CPU
+is about 1 ms a report here against a fifth of that for Postfix's one), then Python's cost
+per statement and per header in the processor.
 
-Found and fixed on the way (issue 14): this benchmark's own counting of the copies read
-every file the sink had written, whole, at every poll (40 ms of CPU a poll at 2,500 files,
-on the cores being measured, five times as much for coc-mail, with a file per copy, as for
-Postfix, with a file per report): it now reads each file's head once. Earlier in the
-issue: the quote scanner tried its attribution patterns only on lines that end as an
-attribution does; line endings and DKIM's relaxed body form by `bytes.replace`; a body
-part's DATA encoding made once for all its copies; DKIM header signing without dkimpy's
-objects; aiosmtpd's per-session look through every method cached per class, and its
-address parser without the class it built for every MAIL and RCPT. Tried and left out: the
-processor at nice 0 (intake fell to 1.52 x, delivery did not rise).
+Found and fixed on the way (issue 14): the parsed header fields of a message are now
+remembered (`readable.parse`: the `email` package parsed a part's Content-Type anew at
+each of nine reads; `text_of` of a 10 KB report 641 -> 146 us); this benchmark's counting
+of the copies reads each file's head once and lists only the last seconds' files (the sink
+dumps into a directory a second: the harness cost 0.8 ms of CPU a report in a flood of
+3,000, on the cores being measured, now 0.2 ms). Earlier in the issue: a new case as one
+prebuilt Core insert; acknowledgment and flood counts as upserts; per-case rows written
+once per batch; DATA read in stretches; the quote scanner's attribution patterns only on
+lines that end as an attribution does; line endings and DKIM's relaxed body form by
+`bytes.replace`; a body part's DATA encoding made once for all its copies; DKIM header
+signing without dkimpy's objects; aiosmtpd's per-session look through every method cached
+per class. Tried and left out: the processor at nice 0 (intake fell, delivery did not
+rise); one delivery process instead of two on 2 cores (its CPU fell 10-15 % but the
+delivered rate did not move: six alternated pairs, median ratio 1.03); 8 relay connections
+instead of 20 (12 % fewer reports/s); pipelining a copy's content with the next copy's
+commands (about 10 us a copy).
 """
 
 
