@@ -505,11 +505,12 @@ processed; a queue of 20,000 copies, then delivered), with py-spy and `perf`:
   delivered with signatures stubbed out took 2.2 ms of CPU a report against 4.9 ms: 0.54 ms
   a copy in place, where an RSA-2048 signature alone takes 0.3 ms and the header
   canonicalisation 65 us, each measured on its own (the rest is not accounted for:
-  signing a claimed batch in one go, to keep the caches warm, changed nothing). Every member's copy carries
-  that member's own case address (a secret token) in `Reply-To:`, its own Message-ID and
-  bounce address (SPEC 1.4, 3), so a report is five transactions and five signatures where
-  Postfix, signing nothing, sends one transaction with five RCPTs. A signature shared by a
-  report's copies would have to leave `Reply-To:` and `To:` unsigned (RFC 6376 5.4): a
+  signing a claimed batch in one go, to keep the caches warm, changed nothing). Every
+  member's copy carries that member's own case address (a secret token) in `Reply-To:`,
+  its own Message-ID and bounce address (SPEC 1.4, 3), so a report is five transactions
+  and five signatures where Postfix, signing nothing, sends one transaction with five
+  RCPTs. A signature shared by a report's copies would have to leave `Reply-To:` and `To:`
+  unsigned (RFC 6376 5.4): a
   hostile member could then re-send their copy, DKIM- and DMARC-valid as the committee's,
   to anyone, with replies pointed at themselves. That stays out. The relay client itself
   costs 50-70 us a copy (`RelaySession.send` against smtp-sink, 10-20 in flight), claims
