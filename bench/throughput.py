@@ -63,9 +63,10 @@ class Sink:
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="coc-sink-", dir="/dev/shm"))
-        self.counted: dict[str, dict[str, int]] = {}  # second -> file name -> RCPTs in it
+        # second -> file name -> RCPTs to members in it (None: empty when last looked at)
+        self.counted: dict[str, dict[str, int | None]] = {}
         self.first_seen: dict[str, float] = {}  # second -> when its directory was first seen
-        self.settled: dict[str, int] = {}  # second -> its RCPTs, counted for good
+        self.settled: set[str] = set()  # seconds no longer listed at every poll
         shutil.chown(self.dir, "postfix")
         # the sink makes the missing directory of a name (smtp-sink(1), -d)
         self.proc = subprocess.Popen(
@@ -74,7 +75,7 @@ class Sink:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
 
-    def copies(self) -> int:
+    def copies(self, full: bool = False) -> int:
         """Member copies received so far (RCPTs to the members' domain).
 
         Each file is read once, its head only: the sink writes a transaction's
@@ -82,16 +83,19 @@ class Sink:
         of them (an empty one is looked at again next time). The sink deletes the file of a
         transaction cut short (RSET, a dropped connection): what it held was never
         delivered, and its retry makes a file of its own, so the files still there are
-        what counts. A second's directory seen :data:`SETTLED` seconds ago and whose files
-        all had content is counted for good and never listed again: a poll lists only the
-        last few seconds' files. Listing every file at every poll cost 0.8 ms of CPU a
-        report in a flood of 3,000 (15,000 files), on the cores being measured, and five
-        times as much for coc-mail (a file per copy) as for Postfix (a file per report).
+        what counts. A second's directory seen :data:`SETTLED` seconds ago whose files all
+        had content is not listed at every poll (a poll lists the last few seconds' files;
+        listing every file at every poll cost 0.8 ms of CPU a report in a flood of 3,000,
+        on the cores being measured, five times as much for coc-mail, with a file per copy,
+        as for Postfix, with a file per report); ``full`` lists every directory again, so
+        a file deleted since it settled is not counted (see :func:`wait_copies`).
         """
         now = time.monotonic()
-        total = sum(self.settled.values())
+        total = 0
         for second in os.listdir(self.dir):
-            if second in self.settled:
+            counted = self.counted.setdefault(second, {})
+            if second in self.settled and not full:
+                total += sum(v or 0 for v in counted.values())
                 continue
             seen = self.first_seen.setdefault(second, now)
             where = os.path.join(self.dir, second)
@@ -99,21 +103,20 @@ class Sink:
                 names = set(os.listdir(where))
             except OSError:
                 continue
-            old = self.counted.get(second, {})
-            counted = self.counted[second] = {k: v for k, v in old.items() if k in names}
+            for gone in counted.keys() - names:
+                del counted[gone]
             for name in names:
-                if counted.get(name):
+                if counted.get(name) is not None:
                     continue
                 try:
                     with open(os.path.join(where, name), "rb") as f:
-                        counted[name] = f.read(4096).count(b"X-Rcpt-Args: <m")
+                        head = f.read(4096)
                 except OSError:
                     continue
-            got = sum(counted.values())
-            if now - seen >= SETTLED and all(counted.values()):
-                self.settled[second] = got
-                del self.counted[second]
-            total += got
+                counted[name] = head.count(b"X-Rcpt-Args: <m") if head else None
+            if now - seen >= SETTLED and None not in counted.values():
+                self.settled.add(second)
+            total += sum(v or 0 for v in counted.values())
         return total
 
     def files(self) -> list[Path]:
@@ -155,8 +158,11 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
 
 
 def wait_copies(sink: Sink, want: int, timeout: float) -> float:
+    """Wait for ``want`` copies at the sink; the last poll lists every file again (a copy
+    cut short after its second settled must not end the wait early)."""
     start = time.perf_counter()
-    wait_for(lambda: sink.copies() >= want, timeout, f"{want} copies at the sink")
+    wait_for(lambda: sink.copies() >= want and sink.copies(full=True) >= want, timeout,
+             f"{want} copies at the sink")
     return time.perf_counter() - start
 
 

@@ -92,19 +92,23 @@ class _RememberingRegistry(HeaderRegistry):
     """``policy.default``'s header factory, remembering the MIME fields it parsed: the
     ``email`` package parses a field anew at every read, and reading one text part asks for
     its Content-Type nine times (a third of the cost of :func:`text_of`). Parsed fields are
-    immutable, so the same field's value gives the same object. Only the fields of
-    :data:`REMEMBERED_FIELDS` up to :data:`REMEMBERED_VALUE` characters are kept, at most
-    :data:`REMEMBERED` of them (then the memory is emptied): a parsed field holds its whole
-    parse tree (about 17 KiB for a plain Content-Type, 380 KiB for one of 512 characters
-    of parameters, 750 KiB for a 2 KB address list), so remembering every field would let a
-    sender fill the processor. At these bounds the memory holds at most about 7 MiB."""
+    immutable, so the same field's value gives the same object.
+
+    Only the fields of :data:`REMEMBERED_FIELDS` up to :data:`REMEMBERED_VALUE` characters
+    are kept, at most :data:`REMEMBERED` of them (then the memory is emptied): a parsed field
+    holds its whole parse tree (about 17 KiB for a plain Content-Type, up to about 215 KiB
+    for a crafted one of 200 characters), so remembering every field would let a sender fill
+    the process; at these bounds the memory holds at most about 7 MiB. It is never pickled
+    or copied with a message (a copy starts empty): one message must not carry another's
+    file names."""
 
     def __init__(self) -> None:
         super().__init__()
         self._seen: dict[tuple[str, str], BaseHeader] = {}
 
     def __call__(self, name: str, value: str) -> BaseHeader:
-        if len(value) > REMEMBERED_VALUE or name.lower() not in REMEMBERED_FIELDS:
+        if (not isinstance(value, str) or name.lower() not in REMEMBERED_FIELDS
+                or len(value) > REMEMBERED_VALUE):
             return super().__call__(name, value)
         key = (name, value)
         found = self._seen.get(key)
@@ -115,10 +119,17 @@ class _RememberingRegistry(HeaderRegistry):
             self._seen[key] = found
         return found
 
+    def __getstate__(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "_seen"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._seen = {}
+
 
 REMEMBERED_FIELDS = frozenset({"content-type", "content-disposition",
                                "content-transfer-encoding"})
-REMEMBERED, REMEMBERED_VALUE = 64, 200
+REMEMBERED, REMEMBERED_VALUE = 32, 200
 POLICY = default.clone(header_factory=_RememberingRegistry())
 
 

@@ -250,3 +250,38 @@ def test_only_short_mime_fields_are_remembered_and_within_bounds() -> None:
     for i in range(readable.REMEMBERED * 3):
         readable.parse(f"Content-Type: text/plain; x={i}\r\n\r\nhi\r\n".encode())
         assert len(registry._seen) <= readable.REMEMBERED  # type: ignore[attr-defined]
+
+
+def test_the_remembered_fields_stay_within_their_memory_and_travel_with_no_message() -> None:
+    """Crafted fields of the longest remembered length (a parse tree of about 215 KiB each)
+    hold at most about 7 MiB, however many come; and a message pickled or copied carries
+    nothing of another message's fields (an earlier report's attachment name)."""
+    import copy
+    import gc
+    import pickle
+    import tracemalloc
+
+    from coc_mail.mail import readable
+
+    registry = readable.POLICY.header_factory
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(readable.REMEMBERED * 3):
+            value = "(" * (readable.REMEMBERED_VALUE - 4) + f"{i:04d}"
+            readable.parse(f"Content-Type: {value}\r\n\r\nx\r\n".encode()).get_content_type()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(registry._seen) <= readable.REMEMBERED  # type: ignore[attr-defined]
+    assert held < 8 << 20, f"{held / 2**20:.1f} MiB held"
+
+    earlier = b'Content-Type: application/pdf; name="J-Smith-statement.pdf"\r\n\r\nx\r\n'
+    readable.parse(earlier).get_filename()
+    later = readable.parse(b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    assert b"J-Smith" not in pickle.dumps(later)
+    copied = copy.deepcopy(later.policy).header_factory  # type: ignore[attr-defined]
+    assert "J-Smith" not in repr(copied.__dict__)
+    assert readable.parse(earlier)["Content-Type"] is readable.parse(earlier)["Content-Type"]
