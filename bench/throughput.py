@@ -535,7 +535,7 @@ in place, a quarter of all the CPU) and the relay's five transactions (smtp-sink
 is about 1 ms a report here against a fifth of that for Postfix's one), then Python's cost
 per statement and per header in the processor.
 
-Found and fixed on the way (issue 14): the parsed header fields of a message are now
+Found and fixed on the way (issue 14): the parsed MIME fields of a message are now
 remembered (`readable.parse`: the `email` package parsed a part's Content-Type anew at
 each of nine reads; `text_of` of a 10 KB report 641 -> 146 us); this benchmark's counting
 of the copies reads each file's head once and lists only the last seconds' files (the sink
