@@ -32,8 +32,27 @@ SIGNED_HEADERS = [
     b"references",
     b"mime-version",
     b"content-type",
+    b"content-transfer-encoding",
     b"auto-submitted",
     b"x-loop",
+]
+# Signed once more than they appear (RFC 6376 5.4.2, 8.15: a listed name with no instance
+# left signs its absence), present or not: nobody on the way, nor a member re-sending
+# their copy, can add a second From, Reply-To or Subject above ours (which most clients
+# show) or a Reply-To, Cc or References where there was none, and keep the signature.
+OVERSIGNED = [
+    b"from",
+    b"to",
+    b"cc",
+    b"reply-to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"in-reply-to",
+    b"references",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
 ]
 
 
@@ -229,17 +248,20 @@ class Signer:
     def signature(self, head: bytes, bh: bytes, now: int | None = None) -> bytes:
         """The ``DKIM-Signature`` header line(s) for a message with header block ``head`` and
         a body whose :func:`body_hash` is ``bh`` (``now``: the ``t=`` value; the clock's)."""
-        canonical = [(name.lower().rstrip(), _relaxed_value(value) + b"\r\n")
-                     for name, value in _header_fields(head)]
-        last = {name: value for name, value in canonical}  # the bottom-most of each name
-        include = [h for h in SIGNED_HEADERS if h in last]
+        instances: dict[bytes, list[bytes]] = {}  # each name's values, top to bottom
+        for name, raw in _header_fields(head):
+            instances.setdefault(name.lower().rstrip(), []).append(
+                _relaxed_value(raw) + b"\r\n")
+        include = [h for h in SIGNED_HEADERS if h in instances] + OVERSIGNED
         tags = self.tags(include, bh, int(time.time()) if now is None else now)
         folded = dkimpy.fold(b"; ".join(b"=".join(t) for t in tags), namelen=14,
                              linesep=b"\r\n")
         without_b = dkimpy.RE_BTAG.sub(b"\\1", b" " + dkimpy.RE_BTAG.sub(b"\\1", folded))
         h = hashlib.sha256()
-        for name in include:
-            h.update(name + b":" + last[name])
+        for name in include:  # each listing takes the next instance up from the bottom;
+            found = instances.get(name)  # one with none left signs the absence
+            if found:
+                h.update(name + b":" + found.pop())
         h.update(b"dkim-signature:" + _relaxed_value(without_b))
         signed = self._rsa.sign(h.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         tags[-1] = (b"b", base64.b64encode(signed))

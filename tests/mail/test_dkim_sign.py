@@ -36,7 +36,7 @@ def dkimpys(s: our_dkim.Signer, head: bytes, bh: bytes, now: int) -> bytes:
     """What dkimpy's own signer makes of the same header block (all of it dkimpy's)."""
     d = dkim.DKIM(head, linesep=b"\r\n")
     present = {name.lower() for name, _ in d.headers}
-    include = [h for h in our_dkim.SIGNED_HEADERS if h in present]
+    include = [h for h in our_dkim.SIGNED_HEADERS if h in present] + our_dkim.OVERSIGNED
     d.hasher = hashlib.sha256
     key = dkim.crypto.parse_pem_private_key(s.pem)
     value: bytes = d.gen_header(s.tags(include, bh, now), include, our_dkim.RELAXED,
@@ -82,3 +82,29 @@ def test_a_signed_copy_verifies() -> None:
     assert not dkim.verify(tampered, dnsfunc=dns)
     b = signed.split(b"b=")[-1].split(b"\r\n\r\n")[0]
     assert len(base64.b64decode(b"".join(b.split()))) == 256  # RSA-2048
+
+
+def test_a_field_added_to_a_signed_copy_breaks_its_signature() -> None:
+    """A member re-sending their signed copy with a Reply-To of their own (above ours, where
+    clients look first, or below it), a second From or Subject, or a Cc or References that
+    were not there, no longer passes as the committee's (over-signing, RFC 6376 8.15)."""
+    s = signer()
+    message = (b"From: Committee <conduct@example.org>\r\nTo: Ada <ada@example.net>\r\n"
+               b"Subject: [home shelf] A new report\r\n"
+               b"Reply-To: conduct+c.abc@example.org\r\nMessage-ID: <x@example.org>\r\n"
+               b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nThe report.\r\n")
+    signed = s.sign(message)
+    record = our_dkim.txt_record_value(s.pem).encode()
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        return record
+
+    assert dkim.verify(signed, dnsfunc=dns)
+    head, _, body = signed.partition(b"\r\n\r\n")
+    for added in (b"Reply-To: mallory@evil.example", b"From: Committee <conduct@example.org>",
+                  b"Subject: Please reply to mallory", b"Cc: mallory@evil.example",
+                  b"References: <y@example.org>", b"Content-Transfer-Encoding: base64"):
+        above = added + b"\r\n" + signed
+        below = head + b"\r\n" + added + b"\r\n\r\n" + body
+        assert not dkim.verify(above, dnsfunc=dns), added
+        assert not dkim.verify(below, dnsfunc=dns), added
