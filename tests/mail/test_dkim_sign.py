@@ -76,14 +76,16 @@ def dns_of(s: our_dkim.Signer) -> Callable[..., bytes]:
     return dns
 
 
+COPY = (b"From: Committee <conduct@example.org>\r\nTo: Ada <ada@example.net>\r\n"
+        b"Subject: [home shelf] A new report, with a subject long enough to be folded"
+        b"\r\n over two lines\r\nReply-To: conduct+c.abc@example.org\r\n"
+        b"Message-ID: <x@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+        b"\r\nThe report.\r\n")
+
+
 def test_a_signed_copy_verifies() -> None:
     s = signer()
-    message = (b"From: Committee <conduct@example.org>\r\nTo: Ada <ada@example.net>\r\n"
-               b"Subject: [home shelf] A new report, with a subject long enough to be folded"
-               b"\r\n over two lines\r\nReply-To: conduct+c.abc@example.org\r\n"
-               b"Message-ID: <x@example.org>\r\nMIME-Version: 1.0\r\n\r\nThe report.\r\n")
-    signed = s.sign(message)
-    dns = dns_of(s)
+    signed, dns = s.sign(COPY), dns_of(s)
     assert dkim.verify(signed, dnsfunc=dns)
     tampered = signed.replace(b"conduct+c.abc@", b"conduct+c.abd@")
     assert not dkim.verify(tampered, dnsfunc=dns)
@@ -96,12 +98,7 @@ def test_a_field_added_to_a_signed_copy_breaks_its_signature() -> None:
     clients look first, or below it), a second From or Subject, or a Cc or References that
     were not there, no longer passes as the committee's (over-signing, RFC 6376 8.15)."""
     s = signer()
-    message = (b"From: Committee <conduct@example.org>\r\nTo: Ada <ada@example.net>\r\n"
-               b"Subject: [home shelf] A new report\r\n"
-               b"Reply-To: conduct+c.abc@example.org\r\nMessage-ID: <x@example.org>\r\n"
-               b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nThe report.\r\n")
-    signed = s.sign(message)
-    dns = dns_of(s)
+    signed, dns = s.sign(COPY), dns_of(s)
     assert dkim.verify(signed, dnsfunc=dns)
     head, _, body = signed.partition(b"\r\n\r\n")
     for added in (b"Reply-To: mallory@evil.example", b"From: Committee <conduct@example.org>",
