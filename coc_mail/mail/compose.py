@@ -303,24 +303,35 @@ def relay_message(
     """A member's post as relayed to another member: our headers, the post's MIME body as is.
 
     Every header of the original except its MIME structure is dropped, so nothing of the
-    author's address or path travels with the post.
+    author's address or path travels with the post. Of each MIME field the first is kept
+    (the one the ``email`` package, and so every privacy check, reads: a second
+    Content-Type that some client might show instead goes), its name written without
+    blanks before the colon (``Content-Type :``, obsolete syntax, which one DKIM verifier
+    reads as the field and another refuses).
     """
     original = crlf(original)
     end = original.find(b"\r\n\r\n")
     head, body = (original, b"") if end == -1 else (original[:end + 2], original[end + 4:])
     kept: list[bytes] = []
+    seen: set[str] = set()
+
+    def keep(field: list[bytes]) -> None:
+        name, colon, rest = field[0].partition(b":")
+        key = name.strip().lower().decode("ascii", "replace")
+        if colon and key in MIME_HEADERS and key not in seen:
+            seen.add(key)
+            kept.extend([name.strip() + b":" + rest, *field[1:]])
+
     current: list[bytes] = []
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and current:
             current.append(line)
             continue
-        if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
-                in MIME_HEADERS:
-            kept.extend(current)
+        if current:
+            keep(current)
         current = [line] if line else []
-    if current and current[0].split(b":", 1)[0].strip().lower().decode("ascii", "replace") \
-            in MIME_HEADERS:
-        kept.extend(current)
+    if current:
+        keep(current)
     pairs = base_header_pairs(
         from_name=from_name,
         from_addr=from_addr,

@@ -20,40 +20,55 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from coc_mail.errors import CocMailError
 
+# Every field of these names is signed, and each name listed once more than it appears
+# (RFC 6376 5.4.2, 8.15: a listing with no instance left signs the absence): nobody on the
+# way, nor a member re-sending their copy, can add a field of these names (above ours,
+# where most clients look first, or below) and keep the signature. Beside the fields we
+# write, the names clients act on when they show a message or answer it: who it is from
+# (Sender, Resent-*), where a reply, a list reply or a receipt goes, an unsubscribe button,
+# an attachment's presentation, and our own Authentication-Results.
 SIGNED_HEADERS = [
     b"from",
+    b"sender",
     b"to",
     b"cc",
+    b"bcc",
     b"subject",
     b"date",
     b"message-id",
     b"reply-to",
+    b"mail-reply-to",
+    b"mail-followup-to",
     b"in-reply-to",
     b"references",
     b"mime-version",
     b"content-type",
     b"content-transfer-encoding",
+    b"content-disposition",
     b"auto-submitted",
     b"x-loop",
+    b"authentication-results",
+    b"disposition-notification-to",
+    b"return-receipt-to",
+    b"errors-to",
+    b"list-id",
+    b"list-post",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"resent-from",
+    b"resent-sender",
+    b"resent-reply-to",
+    b"resent-to",
+    b"resent-cc",
+    b"resent-date",
+    b"resent-message-id",
 ]
-# Signed once more than they appear (RFC 6376 5.4.2, 8.15: a listed name with no instance
-# left signs its absence), present or not: nobody on the way, nor a member re-sending
-# their copy, can add a second From, Reply-To or Subject above ours (which most clients
-# show) or a Reply-To, Cc or References where there was none, and keep the signature.
-OVERSIGNED = [
-    b"from",
-    b"to",
-    b"cc",
-    b"reply-to",
-    b"subject",
-    b"date",
-    b"message-id",
-    b"in-reply-to",
-    b"references",
-    b"mime-version",
-    b"content-type",
-    b"content-transfer-encoding",
-]
+
+
+def signed_names(counts: dict[bytes, int]) -> list[bytes]:
+    """The ``h=`` list for a header block holding ``counts`` fields of each (lowercase)
+    name: every instance of a name of :data:`SIGNED_HEADERS`, then each name once more."""
+    return [h for h in SIGNED_HEADERS for _ in range(counts.get(h, 0))] + SIGNED_HEADERS
 
 
 def generate_key(path: Path, bits: int = 2048) -> bytes:
@@ -252,7 +267,7 @@ class Signer:
         for name, raw in _header_fields(head):
             instances.setdefault(name.lower().rstrip(), []).append(
                 _relaxed_value(raw) + b"\r\n")
-        include = [h for h in SIGNED_HEADERS if h in instances] + OVERSIGNED
+        include = signed_names({name: len(found) for name, found in instances.items()})
         tags = self.tags(include, bh, int(time.time()) if now is None else now)
         folded = dkimpy.fold(b"; ".join(b"=".join(t) for t in tags), namelen=14,
                              linesep=b"\r\n")

@@ -4,6 +4,7 @@ and what it signs verifies (dkimpy's verifier, the public key from a TXT record)
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 from collections.abc import Callable
 from functools import cache
@@ -36,8 +37,9 @@ def signer() -> our_dkim.Signer:
 def dkimpys(s: our_dkim.Signer, head: bytes, bh: bytes, now: int) -> bytes:
     """What dkimpy's own signer makes of the same header block (all of it dkimpy's)."""
     d = dkim.DKIM(head, linesep=b"\r\n")
-    present = {name.lower() for name, _ in d.headers}
-    include = [h for h in our_dkim.SIGNED_HEADERS if h in present] + our_dkim.OVERSIGNED
+    counts = collections.Counter(name.lower().rstrip() for name, _ in d.headers)
+    include = [h for h in our_dkim.SIGNED_HEADERS for _ in range(counts[h])] \
+        + our_dkim.SIGNED_HEADERS
     d.hasher = hashlib.sha256
     key = dkim.crypto.parse_pem_private_key(s.pem)
     value: bytes = d.gen_header(s.tags(include, bh, now), include, our_dkim.RELAXED,
@@ -108,3 +110,29 @@ def test_a_field_added_to_a_signed_copy_breaks_its_signature() -> None:
         below = head + b"\r\n" + added + b"\r\n\r\n" + body
         assert not dkim.verify(above, dnsfunc=dns), added
         assert not dkim.verify(below, dnsfunc=dns), added
+
+
+def test_a_relayed_post_keeps_one_of_each_mime_field_and_its_signature_holds() -> None:
+    """A member's post relayed to the others keeps the first of each MIME field (what every
+    check reads), its name without the blank before the colon that one verifier reads and
+    another refuses; what is signed verifies, and a Content-Type added to it breaks it, as
+    does an unsigned field a client would act on (Sender, Mail-Followup-To, List-Post)."""
+    from coc_mail.mail import compose
+
+    post = (b"From: Ada <ada@example.net>\r\nContent-Type : text/plain; charset=utf-8\r\n"
+            b"Content-Type: text/html\r\nMIME-Version: 1.0\r\n\r\nhello <b>there</b>\r\n")
+    relayed = compose.relay_message(
+        original=post, from_name="Committee", from_addr="conduct@example.org",
+        to="grace@example.net", reply_to="conduct+home-shelf.abc@example.org",
+        subject="[home shelf] post", ids=compose.Ids(message_id="<m@example.org>"),
+        loop="conduct@example.org")
+    head = relayed.split(b"\r\n\r\n")[0]
+    assert head.count(b"Content-Type") == 1 and b"Content-Type: text/plain;" in head
+    s = signer()
+    signed, dns = s.sign(relayed), dns_of(s)
+    assert dkim.verify(signed, dnsfunc=dns)
+    for added in (b"Content-Type: text/html", b"Sender: mallory@evil.example",
+                  b"Mail-Followup-To: mallory@evil.example",
+                  b"List-Post: <mailto:mallory@evil.example>",
+                  b"Authentication-Results: mx.example.org; dkim=pass"):
+        assert not dkim.verify(added + b"\r\n" + signed, dnsfunc=dns), added
