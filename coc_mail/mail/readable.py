@@ -134,8 +134,8 @@ POLICY = default.clone(header_factory=_RememberingRegistry())
 
 
 def parse(raw: bytes) -> EmailMessage:
-    """The whole message, ``policy.default`` (decoded headers and parts; parsed header fields
-    remembered, see :class:`_RememberingRegistry`)."""
+    """The whole message, ``policy.default`` (decoded headers and parts; short MIME fields'
+    parses remembered, see :class:`_RememberingRegistry`)."""
     msg = message_from_bytes(raw, policy=POLICY)
     assert isinstance(msg, EmailMessage)
     return msg
