@@ -8,7 +8,8 @@ import secrets
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
+from email.parser import BytesHeaderParser
+from email.policy import SMTP, SMTPUTF8, compat32
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,8 @@ def forward_head(
 
 
 MIME_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
+_FIELD_NAMES = {"content-type": "Content-Type", "content-transfer-encoding":
+                "Content-Transfer-Encoding", "mime-version": "MIME-Version"}
 
 
 def relay_message(
@@ -303,35 +306,29 @@ def relay_message(
     """A member's post as relayed to another member: our headers, the post's MIME body as is.
 
     Every header of the original except its MIME structure is dropped, so nothing of the
-    author's address or path travels with the post. Of each MIME field the first is kept
-    (the one the ``email`` package, and so every privacy check, reads: a second
-    Content-Type that some client might show instead goes), its name written without
-    blanks before the colon (``Content-Type :``, obsolete syntax, which one DKIM verifier
-    reads as the field and another refuses).
+    author's address or path travels with the post. The post is read as every privacy check
+    reads it (the ``email`` package's parser): where its header ends (a line that is no
+    field, such as ``Content-Type :``, ends it there, and the rest is body), which field
+    lines count (a folded line at the very top does not), and the first of each MIME field.
+    Only those fields go, rewritten as ``Name: value``: a line the checks did not read as a
+    field must not become one on the way (a hidden ``charset=utf-7`` would show another
+    text than the one they checked).
     """
     original = crlf(original)
     end = original.find(b"\r\n\r\n")
-    head, body = (original, b"") if end == -1 else (original[:end + 2], original[end + 4:])
-    kept: list[bytes] = []
-    seen: set[str] = set()
-
-    def keep(field: list[bytes]) -> None:
-        name, colon, rest = field[0].partition(b":")
-        key = name.strip().lower().decode("ascii", "replace")
-        if colon and key in MIME_HEADERS and key not in seen:
-            seen.add(key)
-            kept.extend([name.strip() + b":" + rest, *field[1:]])
-
-    current: list[bytes] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and current:
-            current.append(line)
-            continue
-        if current:
-            keep(current)
-        current = [line] if line else []
-    if current:
-        keep(current)
+    head, rest = (original, b"") if end == -1 else (original[:end + 4], original[end + 4:])
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+    kept: dict[str, bytes] = {}
+    for name, value in parsed.raw_items():  # as in the source (compat32: the bytes kept)
+        key = name.lower()
+        if key in MIME_HEADERS and key not in kept:
+            kept[key] = f"{_FIELD_NAMES[key]}: {value}".encode("ascii", "surrogateescape")
+    # the head's last lines that the parser read as body, if any (counted, not re-encoded:
+    # get_payload() replaces 8-bit bytes); line ends are all CRLF here
+    payload = parsed.get_payload()
+    body = rest
+    if isinstance(payload, str) and payload:
+        body = b"\r\n".join(head.split(b"\r\n")[-len(payload.split("\r\n")):]) + rest
     pairs = base_header_pairs(
         from_name=from_name,
         from_addr=from_addr,
@@ -341,8 +338,6 @@ def relay_message(
         ids=ids,
         loop=loop,
     )
-    if not kept:
-        kept = [b"Content-Type: text/plain; charset=utf-8"]
-    if not any(k.lower().startswith(b"mime-version") for k in kept):
-        kept.append(b"MIME-Version: 1.0")
-    return header_bytes(pairs) + b"\r\n".join(kept) + b"\r\n\r\n" + body
+    kept.setdefault("content-type", b"Content-Type: text/plain; charset=utf-8")
+    kept.setdefault("mime-version", b"MIME-Version: 1.0")
+    return header_bytes(pairs) + b"\r\n".join(kept.values()) + b"\r\n\r\n" + body

@@ -66,7 +66,10 @@ _OUTLOOK_BORDER = re.compile(r"border-top:\s*solid\s+#(?:e1e1e1|b5c4df)", re.IGN
 _SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"(?s)<!--.*?-->|<[^>]*>")
-INVISIBLE = re.compile(r"[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180e\u200b-\u200f"
+# Characters a reader does not see; the C0 controls (but tab and line ends) and DEL among
+# them: clients drop a NUL or show nothing for it, so "c\0o\0n..." reads as "con...".
+INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f"
+                       r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180e\u200b-\u200f"
                        r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
 
 

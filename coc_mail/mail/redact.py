@@ -30,7 +30,8 @@ from coc_mail.mail import readable
 
 log = logging.getLogger(__name__)
 
-_INVISIBLE = (r"(?:[\u00ad\u034f\u200b-\u200f\u2060-\u2064\ufeff]|&shy;|&#0*173;?|&#x0*ad;?"
+_INVISIBLE = (r"(?:[\x00-\x08\x0e-\x1f\x7f\u00ad\u034f\u200b-\u200f\u2060-\u2064\ufeff]"
+              r"|&shy;|&#0*173;?|&#x0*ad;?"
               r"|&zwnj;|&zwj;|&#x0*200[bcd];?|&#0*82(?:03|04|05);?)*")
 _NAMED: dict[str, list[str]] = {}
 for _name, _value in html.entities.html5.items():
@@ -39,6 +40,7 @@ for _name, _value in html.entities.html5.items():
 _DETAIL_CHAR = (r"(?:[a-z0-9._=-]|%[0-9a-f]{2}|&#0*\d{2,3};?|&#x0*[0-9a-f]{2};?"
                 r"|&(?:period|hyphen|dash|lowbar|UnderBar|equals|minus);)")
 NOTE = "[coc-mail: a coc-mail address was removed here]"
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # invisible: the domain may hide behind them
 
 
 def _char(c: str) -> str:
@@ -125,7 +127,8 @@ class Redactor:
         no character an escape or a lookalike needs (ASCII, no ``%`` or ``&``) is searched
         for the domain as it is, which is much faster."""
         windows: list[tuple[int, int]] = []
-        if text.isascii() and "%" not in text and "&" not in text:
+        if text.isascii() and "%" not in text and "&" not in text \
+                and not _CONTROL.search(text):
             plain = self.alias.partition("@")[2]
             lowered = text.lower()
             hits = [(at, at + len(plain)) for at in _finditer(lowered, plain)]

@@ -113,10 +113,10 @@ def test_a_field_added_to_a_signed_copy_breaks_its_signature() -> None:
 
 
 def test_a_relayed_post_keeps_one_of_each_mime_field_and_its_signature_holds() -> None:
-    """A member's post relayed to the others keeps the first of each MIME field (what every
-    check reads), its name without the blank before the colon that one verifier reads and
-    another refuses; what is signed verifies, and a Content-Type added to it breaks it, as
-    does an unsigned field a client would act on (Sender, Mail-Followup-To, List-Post)."""
+    """A member's post relayed to the others keeps one of each MIME field, as the parser
+    reads the post (``Content-Type :``, which one verifier reads as a field and another
+    refuses, ends its head); what is signed verifies, and a Content-Type added to it breaks
+    it, as does a field a client would act on (Sender, Mail-Followup-To, List-Post)."""
     from coc_mail.mail import compose
 
     post = (b"From: Ada <ada@example.net>\r\nContent-Type : text/plain; charset=utf-8\r\n"

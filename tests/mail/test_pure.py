@@ -258,3 +258,51 @@ def test_what_clients_join_is_read_joined(raw: bytes) -> None:
     r = Redactor("conduct@example.org")
     assert r.leaks(raw)
     assert not r.leaks(r.message(raw))
+
+
+@pytest.mark.parametrize("spread", [
+    lambda a: b"\x00".join(bytes([c]) for c in a.encode()),  # NULs between the letters
+    lambda a: a.encode("utf-16-le"),  # a text part declared UTF-8 holding UTF-16
+    lambda a: b"\x01".join(bytes([c]) for c in a.encode()) + b"\x7f",
+])
+def test_an_address_behind_control_characters_is_found_and_removed(spread) -> None:  # type: ignore[no-untyped-def]
+    """Found by an attack review: a member's post with our address behind NULs or other
+    controls (which clients show as nothing) read as plain ASCII and went through."""
+    from coc_mail.mail.redact import Redactor
+
+    r = Redactor("conduct@example.org")
+    post = (b"From: a@example.net\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsee "
+            + spread(SECRET) + b" ok\r\n")
+    assert r.leaks(post)
+    cleaned = r.message(post)
+    assert not r.leaks(cleaned) and b"see " in cleaned
+
+
+@pytest.mark.parametrize("head", [
+    b" Content-Type: text/plain; charset=utf-7\r\nFrom: a@example.net\r\n"
+    b"Content-Type: text/plain\r\n",  # a folded line at the very top: no field
+    b"From: a@example.net\r\nContent-Type : text/plain; charset=utf-7\r\n",  # ends the head
+    b"From: a@example.net\r\nContent-Type\t: text/plain; charset=utf-7\r\n",
+    b"From: a@example.net\r\nJunk line\r\nContent-Type: text/plain; charset=utf-7\r\n",
+    b"From: a@example.net\r\nContent-Type: text/html\r\nContent-Type: text/plain\r\n",
+])
+def test_a_relayed_post_shows_what_the_checks_read(head: bytes) -> None:
+    """Found by an attack review: the relay must read a post's head as the privacy checks
+    do (the email package's parser), or a line they did not read as a field (a hidden
+    charset=utf-7) becomes one in the relayed copy and shows another text."""
+    from email import message_from_bytes
+    from email.policy import default
+
+    from coc_mail.mail import compose, readable
+
+    post = head + b"\r\nhi +AGMAbwBuAGQAdQBjAHQ- there\r\n"
+    relayed = compose.relay_message(
+        original=post, from_name="Committee", from_addr="conduct@example.org",
+        to="grace@example.net", reply_to="conduct+home-shelf.abc@example.org",
+        subject="[home shelf] post", ids=compose.Ids(message_id="<m@example.org>"),
+        loop="conduct@example.org")
+    checked, shown = readable.parse(post), message_from_bytes(relayed, policy=default)
+    assert shown.get_content_type() == checked.get_content_type()
+    # no charset: the checks read UTF-8, which the relayed copy then declares
+    assert (shown.get_content_charset() or "utf-8") == (checked.get_content_charset() or "utf-8")
+    assert readable.displayed(relayed).lines == readable.displayed(post).lines
