@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coc_mail import store
-from coc_mail.mail import compose
+from coc_mail.mail import compose, redact
 from coc_mail.mail import dkim as our_dkim
 from coc_mail.store import crypto
 from tests.helpers import Daemon, make_report, wire
@@ -288,3 +288,68 @@ def test_the_remembered_fields_stay_within_their_memory_and_travel_with_no_messa
     copied = copy.deepcopy(later.policy).header_factory  # type: ignore[attr-defined]
     assert "J-Smith" not in repr(copied.__dict__)
     assert readable.parse(earlier)["Content-Type"] is readable.parse(earlier)["Content-Type"]
+
+
+# Pieces of text around a domain: its characters in every form the tolerant pattern reads
+# (a k, an s and an i for the lookalikes that matching without case adds), invisibles,
+# controls, escapes, and what base64-decoded binary shows.
+DOMAIN = "kiosk-lists.example"
+
+
+def _one_changed(domain: str) -> st.SearchStrategy[str]:
+    forms = ["\u00ad", "\u200b", "\x00", "\x01"]
+    return st.tuples(st.integers(0, len(domain) - 1), st.sampled_from([
+        lambda c: c.upper(), lambda c: chr(ord(c) + 0xFEE0), lambda c: f"%{ord(c):02x}",
+        lambda c: f"&#{ord(c)};", lambda c: {"k": "\u212a", "s": "\u017f", "i": "\u0131"}.get(c, c),
+        lambda c: "\u0130" if c == "i" else c, *[lambda c, f=f: f + c for f in forms]])).map(
+        lambda t: domain[:t[0]] + t[1](domain[t[0]]) + domain[t[0] + 1:])
+
+
+DOMAIN_PIECES = st.lists(st.one_of(
+    st.sampled_from([DOMAIN, DOMAIN.upper(), "?", "%", "&", "\ufffd", "\x7f", "\x01", " ",
+                     "\r\n", "@", "conduct+x@", "&6b", "%#107;", "&25", "%amp;", "&#x6b",
+                     "k", "iosk-lists.example", *redact.ASCII_MATES]),
+    _one_changed(DOMAIN),
+    st.characters(max_codepoint=0x7F),
+    st.characters(),
+    st.binary(max_size=12).map(lambda b: b.decode("utf-8", "replace")),
+    st.binary(max_size=12).map(lambda b: b.decode("latin-1")),
+), max_size=30).map("".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(text=DOMAIN_PIECES)
+def test_the_domain_is_found_where_its_tolerant_pattern_matches(text: str) -> None:
+    """The quick ways (a plain search of ASCII text without escapes or controls; patterns
+    whose first character re can skip to) find exactly what the tolerant pattern written
+    character by character finds, at the same offsets: the domain, the addresses of ours
+    and a secret."""
+    r = redact.Redactor(f"conduct@{DOMAIN}")
+    spans = [m.span() for m in re.finditer(redact._literal(DOMAIN), text, re.IGNORECASE)]
+    assert r.domain_hits(text) == spans
+    assert [m.span() for m in r.domain.finditer(text)] == spans
+    for tail in (f"+x@{DOMAIN}", "kiss"):
+        text = tail + text + "conduct" + tail
+        slow = redact._literal("conduct") if tail.startswith("+") else redact._literal(tail)
+        quick = redact._literal("conduct" if tail.startswith("+") else tail, leading=True)
+        assert [m.span() for m in re.finditer(quick, text, re.IGNORECASE)] == \
+            [m.span() for m in re.finditer(slow, text, re.IGNORECASE)]
+    assert r.pattern.sub("A", text) == re.sub(
+        r.pattern.pattern.replace(redact._leading("c"), redact._char("c"), 1), "A", text,
+        flags=re.IGNORECASE)
+
+
+def test_no_character_but_the_listed_ones_matches_an_ascii_character_ignoring_case() -> None:
+    """What the quick patterns rely on, proved over every code point for every printable
+    ASCII character: a character's class, matched ignoring case, matches the forms it spells
+    out and, beyond them, only the :data:`redact.ASCII_MATES` it is tried against."""
+    every = "".join(map(chr, range(0x110000)))
+    classes = {c: "".join(re.escape(chr(x)) for x in redact._forms(c))
+               for c in map(chr, range(0x21, 0x7F))}
+    anywhere = set(re.findall(f"[{''.join(classes.values())}]", every, re.IGNORECASE))
+    assert anywhere - set(map(chr, range(0x80))) - {chr(x) for x in range(0xFF01, 0xFF5F)} \
+        == set(redact.ASCII_MATES)
+    for c, chars in classes.items():
+        for x in anywhere | set(map(chr, range(0x80))):
+            assert bool(re.fullmatch(f"[{chars}]", x, re.IGNORECASE)) \
+                == bool(re.fullmatch(f"[{redact._opening(c)}]", x)), (c, x)
