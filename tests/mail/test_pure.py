@@ -306,3 +306,24 @@ def test_a_relayed_post_shows_what_the_checks_read(head: bytes) -> None:
     # no charset: the checks read UTF-8, which the relayed copy then declares
     assert (shown.get_content_charset() or "utf-8") == (checked.get_content_charset() or "utf-8")
     assert readable.displayed(relayed).lines == readable.displayed(post).lines
+
+
+@pytest.mark.parametrize(("text", "cte"), [
+    ("A report.\n" + "X" * 80 + "\n", "7bit"),  # long for quoted-printable, fine as it is
+    ("A report.\n" + "X" * 998, "7bit"),
+    ("A report.\n" + "X" * 999, "quoted-printable"),  # over RFC 5322's 998
+    ("Café\n", "quoted-printable"),
+    ("a\x00b\x0cc\n", "quoted-printable"),  # controls 7bit may not hold
+])
+def test_a_forwarded_text_part_goes_as_it_is_when_it_may(text: str, cte: str) -> None:
+    from email import message_from_bytes, policy
+
+    from coc_mail.mail.compose import ForwardBody
+
+    body = ForwardBody.build(text, b"Subject: x\r\n\r\nhello\r\n")
+    mime = b"Content-Type: multipart/mixed; boundary=\"" + body.boundary.encode() + b"\"\r\n\r\n"
+    msg = message_from_bytes(mime + b"".join(body.parts), policy=policy.default)
+    part = next(msg.iter_parts())
+    assert part["Content-Transfer-Encoding"] == cte
+    assert part.get_content().replace("\r\n", "\n").startswith(text.rstrip())  # read back whole
+    assert all(len(line) <= 998 for line in b"".join(body.parts).split(b"\r\n"))
