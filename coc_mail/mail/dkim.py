@@ -236,6 +236,9 @@ class Signer:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise CocMailError("dkim.private_key: not an RSA key")
         self._rsa = key
+        # (names and counts, bh, t) -> the signature's parts that copies of a report share
+        self._prepared: dict[tuple[tuple[tuple[bytes, int], ...], bytes, int],
+                             tuple[list[bytes], bytes, bytes]] = {}
 
     def sign(self, message: bytes) -> bytes:
         """Return ``message`` (CRLF) with a DKIM-Signature header prepended."""
@@ -267,22 +270,45 @@ class Signer:
         for name, raw in _header_fields(head):
             instances.setdefault(name.lower().rstrip(), []).append(
                 _relaxed_value(raw) + b"\r\n")
-        include = signed_names({name: len(found) for name, found in instances.items()})
-        tags = self.tags(include, bh, int(time.time()) if now is None else now)
-        folded = dkimpy.fold(b"; ".join(b"=".join(t) for t in tags), namelen=14,
-                             linesep=b"\r\n")
-        without_b = dkimpy.RE_BTAG.sub(b"\\1", b" " + dkimpy.RE_BTAG.sub(b"\\1", folded))
+        counts = tuple((name, len(found)) for name, found in instances.items())
+        now = int(time.time()) if now is None else now
+        key = (counts, bh, now)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if len(self._prepared) >= 16:
+                self._prepared.clear()
+            prepared = self._prepared[key] = self._prepare(dict(counts), bh, now)
+        include, before_b, relaxed_self = prepared
         h = hashlib.sha256()
         for name in include:  # each listing takes the next instance up from the bottom;
             found = instances.get(name)  # one with none left signs the absence
             if found:
                 h.update(name + b":" + found.pop())
-        h.update(b"dkim-signature:" + _relaxed_value(without_b))
+        h.update(relaxed_self)
         signed = self._rsa.sign(h.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
-        tags[-1] = (b"b", base64.b64encode(signed))
-        value: bytes = dkimpy.fold(b"; ".join(b"=".join(t) for t in tags) + b"\r\n",
+        b = b"b=" + base64.b64encode(signed) + b"\r\n"
+        if before_b:  # the b= line onwards folds as it would at the end of the whole field
+            tail: bytes = dkimpy.fold(b, namelen=1, linesep=b"\r\n")
+            return b"DKIM-Signature: " + before_b + tail
+        tags = self.tags(include, bh, now)
+        value: bytes = dkimpy.fold(b"; ".join(b"=".join(t) for t in tags[:-1]) + b"; " + b,
                                    namelen=14, linesep=b"\r\n")
         return b"DKIM-Signature: " + value
+
+    def _prepare(self, counts: dict[bytes, int], bh: bytes,
+                 now: int) -> tuple[list[bytes], bytes, bytes]:
+        """What a signature over header fields of these names (and counts) shares with every
+        other such signature made in the same second over the same body, worked out once for
+        a report's copies: the names listed in ``h=``; the signature field folded up to its
+        ``b=`` (empty when ``b=`` would not begin a line); the field itself as it is hashed."""
+        include = signed_names(counts)
+        tags = self.tags(include, bh, now)
+        folded = dkimpy.fold(b"; ".join(b"=".join(t) for t in tags), namelen=14,
+                             linesep=b"\r\n")
+        without_b = dkimpy.RE_BTAG.sub(b"\\1", b" " + dkimpy.RE_BTAG.sub(b"\\1", folded))
+        cut = folded.rfind(b"b=")
+        before_b = folded[:cut] if folded[:cut].endswith(b"\r\n ") else b""
+        return include, before_b, b"dkim-signature:" + _relaxed_value(without_b)
 
 
 @dataclass(frozen=True)
