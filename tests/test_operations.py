@@ -104,6 +104,26 @@ def test_starttls_is_offered_with_a_certificate(tmp_path: Path, sqlite_url: str)
             s.ehlo()
             s.send_message(make_report(), from_addr="reporter@example.com", to_addrs=[ALIAS])
         d.wait_delivered(4)
+
+        def served() -> bytes:
+            loose = ssl.create_default_context()
+            loose.check_hostname, loose.verify_mode = False, ssl.CERT_NONE
+            with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+                s.starttls(context=loose)
+                peer: bytes | None = s.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+                assert peer is not None
+                return peer
+
+        def der(path: Path) -> bytes:
+            return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+        first = der(cert)
+        assert served() == first == served()  # one context for both sessions
+        (tmp_path / "renewed").mkdir()
+        new_cert, new_key = self_signed(tmp_path / "renewed")  # renewed in place, no restart
+        key.write_bytes(new_key.read_bytes())
+        cert.write_bytes(new_cert.read_bytes())
+        assert served() == der(new_cert) != first
     finally:
         d.stop()
     (tmp_path / "plain").mkdir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import ssl
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -437,12 +438,27 @@ class BoundedSMTP(SMTP):
         super().connection_lost(error)
 
 
+_CONTEXTS: dict[tuple[str, str, int, int], ssl.SSLContext] = {}
+
+
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """A server TLS context when ``server.tls_cert``/``tls_key`` are set, else ``None``."""
-    if not settings.server.tls_cert or not settings.server.tls_key:
+    """A server TLS context when ``server.tls_cert``/``tls_key`` are set, else ``None``.
+    It is made once and made again when either file changes (a renewed certificate is used
+    from the next session on, without a restart): loading them for each session, as before,
+    cost a millisecond or more of the listener's CPU per connection."""
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if not cert or not key:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    try:
+        stamp = (cert, key, os.stat(cert).st_mtime_ns, os.stat(key).st_mtime_ns)
+    except OSError:
+        stamp = (cert, key, -1, -1)  # loading says what is wrong
+    context = _CONTEXTS.get(stamp)
+    if context is None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        _CONTEXTS.clear()  # the files' earlier versions are not needed again
+        _CONTEXTS[stamp] = context
     return context
 
 
