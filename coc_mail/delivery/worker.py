@@ -19,8 +19,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_
-from sqlmodel import Session, col, delete, select, update
+import sqlalchemy as sa
+from sqlalchemy import bindparam, func, or_
+from sqlmodel import Session, col, select, update
 
 from coc_mail.app import App
 from coc_mail.delivery.maildir import MaildirTransport, Transport
@@ -39,6 +40,26 @@ RENEW = 10.0
 MAX_BACKOFF = 3600.0
 COLUMNS = [col(c) for c in (Outbound.id, Outbound.uid, Outbound.envelope_from,
                              Outbound.recipient, Outbound.content, Outbound.body_id)]
+
+
+# The statements a busy delivery runs all the time, built once as Core (compiled once, no
+# ORM bookkeeping): through the ORM, building and running them cost a delivery worker more
+# CPU than its relay client.
+_OUT = Outbound.__table__  # type: ignore[attr-defined]
+_DELIVERED = _OUT.delete().where(_OUT.c.id.in_(bindparam("ids", expanding=True)))
+_DUE_IN_SHARE = (
+    sa.select(*(_OUT.c[name] for name in ("id", "uid", "envelope_from", "recipient",
+                                            "content", "body_id")))
+    .where(_OUT.c.next_attempt_at <= bindparam("now"))
+    .where(func.coalesce(_OUT.c.body_id, _OUT.c.id) % bindparam("count", type_=sa.Integer)
+           == bindparam("index", type_=sa.Integer))
+    .where(_OUT.c.id.not_in(bindparam("in_hand", expanding=True)))
+    .order_by(_OUT.c.next_attempt_at)
+    .limit(bindparam("limit", type_=sa.Integer))
+)
+_BODY = Body.__table__  # type: ignore[attr-defined]
+_BODIES_WANTED = sa.select(_BODY.c.id, _BODY.c.content).where(
+    _BODY.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def _redact(error: DeliveryError) -> str:
@@ -122,15 +143,9 @@ class Deliverer:
         with Session(self.app.engine) as session:
             if self.partition is not None:
                 index, count = self.partition
-                rows = session.execute(
-                    select(*COLUMNS)
-                    .where(Outbound.next_attempt_at <= now)
-                    .where(func.coalesce(col(Outbound.body_id), col(Outbound.id)) % count
-                           == index)
-                    .where(col(Outbound.id).not_in(in_hand))
-                    .order_by(col(Outbound.next_attempt_at))
-                    .limit(limit)
-                ).all()
+                rows = session.connection().execute(_DUE_IN_SHARE, {
+                    "now": now, "count": count, "index": index, "in_hand": sorted(in_hand),
+                    "limit": limit}).all()
             else:
                 due = (
                     select(Outbound.id)
@@ -157,9 +172,8 @@ class Deliverer:
             wanted = {r.body_id for r in rows if r.body_id is not None} - set(pinned)
             fetched = {}
             if wanted:
-                for body_id, sealed in session.execute(
-                    select(Body.id, Body.content).where(col(Body.id).in_(wanted))
-                ):
+                for body_id, sealed in session.connection().execute(
+                        _BODIES_WANTED, {"ids": sorted(wanted)}):
                     plain = keys.open(sealed, "bodies.content")
                     fetched[body_id] = SharedBody(shared_part(plain), body_hash(plain))
         claimed, orphans = [], []
@@ -230,9 +244,9 @@ class Deliverer:
 
     def done_many(self, copies: list[Claimed]) -> None:
         """Delete delivered copies (nothing is archived) and the shared bodies no copy uses
-        any more, in one transaction."""
+        any more, in one transaction (Core statements built once: see blobs.py)."""
         with Session(self.app.engine) as session:
-            session.exec(delete(Outbound).where(col(Outbound.id).in_([c.id for c in copies])))
+            session.connection().execute(_DELIVERED, {"ids": [c.id for c in copies]})
             drop_unused_bodies(session, {c.body_id for c in copies if c.body_id is not None})
             session.commit()
 
