@@ -131,10 +131,18 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
 
 
 def _finditer(text: bytes, needle: bytes) -> list[int]:
-    out, at = [], text.find(needle)
+    """Where ``needle`` starts in ``text`` (overlaps too). Its tail from its last dot (the
+    top-level domain: fewer of its characters in common text) is searched for first and the
+    rest checked at each hit: a search skips further between hits of a needle whose
+    characters are rare (the letters of a domain are common in words and long runs)."""
+    cut = needle.rfind(b".")
+    tail = needle[cut:] if cut > 0 else needle
+    out, at = [], text.find(tail, cut if cut > 0 else 0)
     while at != -1:
-        out.append(at)
-        at = text.find(needle, at + 1)
+        start = at - cut if cut > 0 else at
+        if text.startswith(needle, start):
+            out.append(start)
+        at = text.find(tail, at + 1)
     return out
 
 
