@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 _ADDRESSING = re.compile(rb"(?im)^(?:to|cc|bcc|delivered-to|x-original-to|envelope-to"
                          rb"|resent-to|resent-cc)[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
 _VIA = re.compile(r"\bvia\s+([a-z]{2,20})[\s-]+([a-z]{2,20})\b")  # a thread sender's name
-# Where a view's lowercase form can say "via": no other character lowers to v, i or a alone
-# (I with a dot becomes two), so a view without this is not lowered (10 KB each) to look.
-_MAYBE_VIA = re.compile("[vV][iI][aA]")
+
+
+def _may_say_via(view: str) -> bool:
+    """Can ``view.lower()`` hold "via"? Only where the view has v, i and a in a row, in any
+    case: no other character lowers to one of them alone (I with a dot lowers to two), so
+    its UTF-8 bytes, ASCII lowered, say as much, several times faster than lowering it."""
+    return b"via" in view.encode("utf-8", "surrogatepass").lower()
 
 
 def arrived(unit: Unit, recipients: list[Recipient]) -> None:
@@ -130,7 +134,7 @@ def quoted_cases(unit: Unit) -> list[Case] | None:
                 case = reporter.case_of_token(app, session, r.token)
                 if case is not None:
                     found[int(case.id or 0)] = case
-        if len(names) < 50 and _MAYBE_VIA.search(view):
+        if len(names) < 50 and _may_say_via(view):
             lowered = view.lower()
             names.update(f"{m.group(1)} {m.group(2)}" for m in _VIA.finditer(lowered))
     if names:

@@ -353,3 +353,20 @@ def test_no_character_but_the_listed_ones_matches_an_ascii_character_ignoring_ca
         for x in anywhere | set(map(chr, range(0x80))):
             assert bool(re.fullmatch(f"[{chars}]", x, re.IGNORECASE)) \
                 == bool(re.fullmatch(f"[{redact._opening(c)}]", x)), (c, x)
+
+
+@settings(max_examples=800, deadline=None)
+@given(text=st.lists(st.one_of(st.sampled_from(["v", "V", "i", "I", "a", "A", "\u0130", "\u0131",
+                                                "\u212a", "via", "VİA", "\u0307", "\ufffd"]),
+                               st.characters()), max_size=20).map("".join))
+def test_a_view_that_can_say_via_is_told_from_its_bytes(text: str) -> None:
+    from coc_mail.cases.alias import _may_say_via
+
+    assert _may_say_via(text) == ("via" in text.lower())
+
+
+def test_no_character_but_ascii_lowers_to_v_i_or_a_alone() -> None:
+    """What the quick 'via' test relies on, over every code point."""
+    odd = [c for c in map(chr, range(0x80, 0x110000))
+           if c.lower() in ("v", "i", "a") or ("via" in c.lower())]
+    assert odd == []
