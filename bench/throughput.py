@@ -441,7 +441,7 @@ Memory for one 25 MiB report and the 10,000-case status sheet: `docs/scale.md`
 * **Processes, as Postfix has them.** The SMTP listener (aiosmtpd on uvloop) and its spool
   writer are alone in the main process; worker 0 processes (route, open the case, queue the
   copies); the other workers (one per core) deliver. Under a flood the CPU goes to the
-  listener first, the processor next, delivery last (`nice` 0, 2, 6): nothing waits to be
+  listener first, the processor next, delivery last (`nice` 0, 2, 10): nothing waits to be
   accepted, and the one serial stage is not starved.
 * **`250` after a durable commit, shared.** Concurrent sessions' messages are sealed and
   inserted in one statement and committed once (group commit, SQLite `synchronous=FULL`).

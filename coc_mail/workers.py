@@ -48,12 +48,17 @@ RESTART_DELAY = 1.0
 ORPHAN_GRACE = 2.0  # seconds a worker whose main process died may take to stop
 # Under a flood the CPU goes first to the SMTP listener (nothing refused, nothing slow to
 # answer), then to the processor (the one serial stage), then to delivery and the web view.
+# Delivery comes well after the processor: it feeds on the processor's output and catches up
+# on both cores once the processor is done, while a processor sharing a core with a delivery
+# worker at nice 6 got 70 % of it and the cores went idle waiting (5.7-6.8 % idle against
+# 3.0-3.9 % at nice 10, delivered reports/s 1.01-1.25 x in three alternated floods).
 PROCESSOR_NICE = 2
-DELIVERY_NICE = 6
+DELIVERY_NICE = 10
 # Pages for members reading come after the mail: a flood is accepted, processed and
-# delivered first (pages then take longer: p99 0.56 s against 0.30 s at delivery's nice 6,
-# with 50 members reading during a flood of 1,500 reports; docs/web-load.md).
-WEB_NICE = 10
+# delivered first (pages then take longer: p99 0.56 s against 0.30 s with delivery and the
+# web view at nice 6 and 10, 50 members reading during a flood of 1,500 reports;
+# docs/web-load.md). The web view stays four steps after delivery.
+WEB_NICE = 14
 
 
 def poke(fds: list[int], what: bytes) -> None:
