@@ -57,7 +57,8 @@ DELIVERY_NICE = 10
 # Pages for members reading come after the mail: a flood is accepted, processed and
 # delivered first (pages then take longer: p99 0.56 s against 0.30 s with delivery and the
 # web view at nice 6 and 10, 50 members reading during a flood of 1,500 reports;
-# docs/web-load.md). The web view stays four steps after delivery.
+# docs/web-load.md). The web view stays four steps after delivery. These add to the nice
+# value the daemon was started with: from 5 on, delivery and the web view meet at 19.
 WEB_NICE = 14
 
 

@@ -438,27 +438,40 @@ class BoundedSMTP(SMTP):
         super().connection_lost(error)
 
 
-_CONTEXTS: dict[tuple[str, str, int, int], ssl.SSLContext] = {}
+_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
+def _stamp(cert: str, key: str) -> tuple[object, ...]:
+    """What tells one version of the certificate and key files from another: inode, size,
+    modification and change times (a copy that keeps the old modification time still
+    changes the change time, which no one can set)."""
+    marks: list[object] = [cert, key]
+    for path in (cert, key):
+        try:
+            st = os.stat(path)
+            marks += [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        except OSError:
+            marks.append(None)  # loading says what is wrong
+    return tuple(marks)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """A server TLS context when ``server.tls_cert``/``tls_key`` are set, else ``None``.
     It is made once and made again when either file changes (a renewed certificate is used
     from the next session on, without a restart): loading them for each session, as before,
-    cost a millisecond or more of the listener's CPU per connection."""
+    cost a millisecond or more of the listener's CPU per connection. A context is kept only
+    if neither file changed while it was being loaded (a half-written file is not kept)."""
     cert, key = settings.server.tls_cert, settings.server.tls_key
     if not cert or not key:
         return None
-    try:
-        stamp = (cert, key, os.stat(cert).st_mtime_ns, os.stat(key).st_mtime_ns)
-    except OSError:
-        stamp = (cert, key, -1, -1)  # loading says what is wrong
+    stamp = _stamp(cert, key)
     context = _CONTEXTS.get(stamp)
     if context is None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
-        _CONTEXTS.clear()  # the files' earlier versions are not needed again
-        _CONTEXTS[stamp] = context
+        if _stamp(cert, key) == stamp:
+            _CONTEXTS.clear()  # the files' earlier versions are not needed again
+            _CONTEXTS[stamp] = context
     return context
 
 

@@ -54,6 +54,8 @@ def drop_unused_bodies(session: Session, ids: set[int] | None = None,
     copies just deleted), or all of them created before ``older_than`` (the hourly sweep
     for bodies two daemons let go of at the same moment). Core statements on the session's
     connection: no body is ever loaded as an object, so there is none to keep in step."""
+    if ids is not None and older_than is not None:
+        raise TypeError("drop_unused_bodies: ids or older_than, not both")
     if ids is not None:
         if ids:
             session.connection().execute(_UNUSED_AMONG, {"ids": sorted(ids),
