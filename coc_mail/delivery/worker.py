@@ -364,6 +364,13 @@ class Deliverer:
         big = len(copy.content) + (len(copy.body.content) if copy.body else 0) > BIG
         try:
             async with slots, (self._big if big else contextlib.nullcontext()):
+                if self.stopping:
+                    # Stopping (SIGTERM, or the main process gone: a grace of two seconds):
+                    # a copy not begun yet is left in the queue for the next start, not
+                    # begun now and perhaps cut off after the relay took it (sent twice).
+                    self.release(copy)
+                    self.in_flight.discard(copy.id)
+                    return
                 ok = await self.deliver(copy)
         except Exception as exc:  # noqa: BLE001 - the worker must never die
             log.error("delivery: copy %s: unexpected %s at %s", copy.uid, type(exc).__name__,
@@ -379,7 +386,8 @@ class Deliverer:
             self.in_flight.discard(copy.id)
 
     def stop(self) -> None:
-        """Claim nothing more; :meth:`run` returns once the copies in hand are done."""
+        """Claim and begin nothing more; :meth:`run` returns once the copies being sent are
+        done (the others stay queued: the next start sends them)."""
         self.stopping = True
         self.wake.set()
 
