@@ -23,17 +23,3 @@ def test_throughput_benchmark_smoke() -> None:
                     "delivered reports/s: coc-mail", "coc-mail / Postfix, accepted",
                     "this code / coc-mail at HEAD, delivered", "machine speed"):
         assert measure in result.stdout
-
-
-@pytest.mark.postgres
-@pytest.mark.skipif(bool(postfix.available()), reason=postfix.available() or "ok")
-def test_postgres_scale_out_benchmark_smoke(pg_admin: str | None) -> None:
-    if pg_admin is None:
-        pytest.skip("PostgreSQL not configured ($COC_MAIL_TEST_PG)")
-    result = subprocess.run([sys.executable, "-m", "bench.postgres", "--database", pg_admin,
-                             "--messages", "40", "--repeat", "1"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for measure in ("delivered reports/s: PostgreSQL, two daemons",
-                    "two daemons / one, delivered (same-run ratio)"):
-        assert measure in result.stdout
