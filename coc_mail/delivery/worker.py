@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 LEASE = dt.timedelta(seconds=30)  # renewed every RENEW while the copy is in flight
 RENEW = 10.0
 MAX_BACKOFF = 3600.0
-COLUMNS = [col(c) for c in (Outbound.id, Outbound.uid, Outbound.envelope_from,
-                             Outbound.recipient, Outbound.content, Outbound.body_id)]
+CLAIMED = ("id", "uid", "envelope_from", "recipient", "content", "body_id")  # a claim reads
+COLUMNS = [col(getattr(Outbound, name)) for name in CLAIMED]
 
 
 # The statements a busy delivery runs all the time, built once as Core (compiled once, no
@@ -48,8 +48,7 @@ COLUMNS = [col(c) for c in (Outbound.id, Outbound.uid, Outbound.envelope_from,
 _OUT = Outbound.__table__  # type: ignore[attr-defined]
 _DELIVERED = _OUT.delete().where(_OUT.c.id.in_(bindparam("ids", expanding=True)))
 _DUE_IN_SHARE = (
-    sa.select(*(_OUT.c[name] for name in ("id", "uid", "envelope_from", "recipient",
-                                            "content", "body_id")))
+    sa.select(*(_OUT.c[name] for name in CLAIMED))
     .where(_OUT.c.next_attempt_at <= bindparam("now"))
     .where(func.coalesce(_OUT.c.body_id, _OUT.c.id) % bindparam("count", type_=sa.Integer)
            == bindparam("index", type_=sa.Integer))
@@ -57,6 +56,8 @@ _DUE_IN_SHARE = (
     .order_by(_OUT.c.next_attempt_at)
     .limit(bindparam("limit", type_=sa.Integer))
 )
+_HANDED_BACK = _OUT.update().where(_OUT.c.id.in_(bindparam("ids", expanding=True))).values(
+    claimed_until=None)
 _BODY = Body.__table__  # type: ignore[attr-defined]
 _BODIES_WANTED = sa.select(_BODY.c.id, _BODY.c.content).where(
     _BODY.c.id.in_(bindparam("ids", expanding=True)))
@@ -125,6 +126,7 @@ class Deliverer:
         self._flushing = asyncio.Lock()
         self._delivered_event = asyncio.Event()
         self._big = asyncio.Semaphore(1)  # big copies one at a time: bounded memory
+        self._unbegun: list[int] = []  # claimed, left when stopping: their leases handed back
 
     # -- queue operations (sync, run in a thread) ---------------------------------------------
     def claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[Claimed]:
@@ -241,6 +243,15 @@ class Deliverer:
                 await asyncio.to_thread(self.renew)
             except Exception:  # noqa: BLE001 - the lease just runs out; another try later
                 log.warning("delivery: could not renew leases")
+
+    def hand_back(self, ids: list[int]) -> None:
+        """End this daemon's leases on copies it claimed but did not begin (stopping), so
+        that another daemon, or the next start, takes them at once, not when they run out."""
+        if not ids or self.partition is not None:  # SQLite's shares are read, not leased
+            return
+        with Session(self.app.engine) as session:
+            session.connection().execute(_HANDED_BACK, {"ids": ids})
+            session.commit()
 
     def done_many(self, copies: list[Claimed]) -> None:
         """Delete delivered copies (nothing is archived) and the shared bodies no copy uses
@@ -370,6 +381,7 @@ class Deliverer:
                     # begun now and perhaps cut off after the relay took it (sent twice).
                     self.release(copy)
                     self.in_flight.discard(copy.id)
+                    self._unbegun.append(copy.id)
                     return
                 ok = await self.deliver(copy)
         except Exception as exc:  # noqa: BLE001 - the worker must never die
@@ -421,6 +433,8 @@ class Deliverer:
             if tasks:
                 await asyncio.wait(tasks)
             await self._flush_sent()
+            if self._unbegun:
+                await self._record(self.hand_back, self._unbegun)
         finally:
             renewer.cancel()
             recorder.cancel()

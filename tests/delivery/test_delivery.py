@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.helpers import ALIAS, Daemon, Relay, free_port, make_report, wait_for
 
@@ -267,3 +269,45 @@ def test_pooled_connections_the_relay_closed_are_replaced(
     finally:
         d.stop()
         relay.stop()
+
+
+class _SlowRelay(Relay):
+    """A relay that takes a second over each message."""
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        await asyncio.sleep(1.0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.postgres
+def test_a_stopped_worker_hands_back_the_copies_it_had_not_begun(tmp_path: Path,
+                                                                  pg_url: str) -> None:
+    """SIGTERM with claimed copies not begun yet: they are not begun, their leases end at
+    once (another daemon, or the next start, takes them now, not 30 s later), and every
+    copy arrives exactly once."""
+    slow = _SlowRelay(free_port()).start()
+    d = Daemon(tmp_path, pg_url, relay=slow.url, extra={"delivery": {"workers": 1}})
+    d.start()
+    try:
+        for i in range(3):
+            d.send(make_report(subject=f"report {i}"))
+        wait_for(lambda: len(slow.messages) >= 1, 30, "a first copy")
+    finally:
+        d.stop()  # one copy in flight, the rest claimed and waiting
+        slow.stop()
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as c:
+        left, leased = c.execute(sa.text(
+            "SELECT count(*), count(claimed_until) FROM outbound")).one()
+    engine.dispose()
+    assert left > 0 and leased == 0, (left, leased)
+    fast = Relay(slow.port).start()
+    d.start()
+    try:
+        wait_for(lambda: len(slow.messages) + len(fast.messages) >= 12, 15, "12 copies")
+        time.sleep(1)
+        sent = [(r[0], subject_of(data)) for _, r, data in slow.messages + fast.messages]
+        assert len(sent) == 12 and len(set(sent)) == 12
+    finally:
+        d.stop()
+        fast.stop()
