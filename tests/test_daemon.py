@@ -21,18 +21,29 @@ PASSWORD = "p@ss:w/rd%40#?"  # every character a URL gives a meaning to
 def test_serve_waits_for_postgresql_then_takes_a_report(tmp_path: Path, pg_url: str) -> None:
     target = make_url(pg_url)
     forwarder = Forwarder((target.host or "127.0.0.1", target.port or 5432))
-    # The daemon is pointed at the forwarder's port, where nothing listens for 2 seconds;
+    # The daemon is pointed at the forwarder's port, where nothing listens until the daemon
+    # has logged a refused try (however slow the machine is to start it), and a second more;
     # its password (trust authentication ignores it) must not break the URL.
     url = target.set(port=forwarder.port).render_as_string(hide_password=False)
-    d = Daemon(tmp_path, url, extra={"storage": {"connect_timeout_seconds": 30}},
+    d = Daemon(tmp_path, url, extra={"storage": {"connect_timeout_seconds": 60}},
                environ={"COC_MAIL_DATABASE_PASSWORD": PASSWORD})
     d.write()
-    later = threading.Timer(2.0, forwarder.start)
+    cancelled = threading.Event()
+    opened: list[float] = []
+
+    def open_after_a_refusal() -> None:
+        while not cancelled.wait(0.05):
+            if "not reachable yet (attempt" in d.log_text():
+                if not cancelled.wait(1.0):
+                    opened.append(time.monotonic())
+                    forwarder.start()
+                return
+
+    later = threading.Thread(target=open_after_a_refusal, daemon=True)
     later.start()
     try:
-        began = time.monotonic()
         d.start()
-        assert time.monotonic() - began >= 2.0
+        assert opened  # it was ready only once the database could be reached
         log = d.log_text()
         tries = [line for line in log.splitlines() if "not reachable yet (attempt" in line]
         assert tries and "(attempt 1: " in tries[0] and "Connection refused" in tries[0]
@@ -50,7 +61,8 @@ def test_serve_waits_for_postgresql_then_takes_a_report(tmp_path: Path, pg_url: 
                                       f"127.0.0.1:{forwarder.port}/")
         assert len(sick.stderr.strip().splitlines()) == 1
     finally:
-        later.cancel()
+        cancelled.set()
+        later.join(5)
         d.stop()
         forwarder.stop()
 
