@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -36,14 +37,22 @@ def answers_http(port: int) -> bool:
 
 def roles(pid: int) -> dict[str, int]:
     """The daemon's processes: ``intake`` (the main process), ``processing`` (worker 0),
-    ``delivery N`` (the other workers), ``web`` (the web view's, when configured)."""
+    ``delivery N`` (the other workers), ``web`` (the web view's, when configured). A worker is
+    told by its title (``coc-mail: worker 1 (delivery)``, forked) or its arguments
+    (``... worker 1 --wake-fd ...``, started as a program, as older versions did); the forker
+    is left out."""
     found = {"intake": pid}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        index = args[args.index(b"worker") + 1].decode()
-        if b"--web-fd" in args:
+        try:
+            args = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if not (m := re.search(r"\bworker (\d+)\b", args)):
+            continue  # the forker, or a process that is not a worker
+        if "--web-fd" in args or "(web view)" in args:
             found["web"] = int(child)
             continue
+        index = m.group(1)
         found["processing" if index == "0" else f"delivery {index}"] = int(child)
     return found
 

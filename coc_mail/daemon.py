@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import IO
@@ -111,18 +112,13 @@ class Daemon:
     """The running daemon's main process: the SMTP listener and the spool writer thread, and
     the worker processes that process and deliver."""
 
-    def __init__(self, app: App, config_path: str | None, keep_fds: list[int]) -> None:
+    def __init__(self, app: App, config_path: str | None, workers: Pool,
+                 web: socket.socket | None) -> None:
         self.app = app
         self.config_path = config_path
         self.stopped = asyncio.Event()
-        self.web = None
-        if app.settings.web.enabled:
-            from coc_mail.web.server import bind
-
-            self.web = bind(app.settings)
-        self.workers = Pool(config_path, app.settings.worker_count(), keep_fds,
-                            app.settings.server.pid_file,
-                            self.web.fileno() if self.web is not None else None)
+        self.web = web
+        self.workers = workers
 
     def reload(self) -> None:
         """SIGHUP / `coc-mail reload`: re-read the config; on any error keep the old one."""
@@ -190,13 +186,21 @@ class Daemon:
 
 def serve(settings: Settings, config_path: str | None) -> None:
     lock = _lock(settings)
+    web = None
+    if settings.web.enabled:
+        from coc_mail.web.server import bind
+
+        web = bind(settings)
+    keep = [lock.fileno()] if lock is not None else []
+    workers = Pool(config_path, settings.worker_count(), keep, settings.server.pid_file,
+                   web.fileno() if web is not None else None)
+    workers.fork_server()  # before any database is opened or thread started
     app = build(settings, create_keys=True, wait=True)
     pid = Path(settings.server.pid_file)
     pid.parent.mkdir(parents=True, exist_ok=True)
     pid.write_text(f"{os.getpid()}\n")
     try:
-        keep = [lock.fileno()] if lock is not None else []
-        daemon = Daemon(app, config_path, keep)
+        daemon = Daemon(app, config_path, workers, web)
         run_loop(daemon.run)
     finally:
         with contextlib.suppress(OSError):

@@ -11,6 +11,16 @@ interpreter lock. The processes share nothing but the database, and each has a w
 * whoever queues copies writes ``d`` to every worker's pipe: the other workers deliver, each
   claiming its own copies with a lease (worker 0 delivers too when it is the only one).
 
+Workers are forked, not executed: before it opens a database or starts a thread, the main
+process forks a *forker* that holds every module a worker needs, already imported. Asked for
+worker N, the forker forks, the child forks worker N and exits at once, and worker N, an
+orphan, becomes the main process's own child (the main process is a "child subreaper",
+Linux's ``PR_SET_CHILD_SUBREAPER``): it waits for it and reads its exit status as if it had
+started it itself. A worker then starts without importing anything (about a second of CPU
+each on a small machine) and shares the main process's pages of code. Where that cannot be
+(not Linux, a thread already running, the forker gone), a worker is started as a new
+program, ``coc-mail worker N``, as before.
+
 A worker whose main process dies (even by SIGKILL) sees its lifeline pipe close, finishes and
 records the copies in hand for at most two seconds and exits; what is left is redone by the
 next start, as after any crash. The main process
@@ -21,14 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+
+import setproctitle
 
 from coc_mail import config as config_mod
 from coc_mail.app import build
@@ -62,6 +76,65 @@ DELIVERY_NICE = 10
 WEB_NICE = 14
 
 
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2): orphaned descendants become our children
+FORK_TIMEOUT = 10.0  # seconds the main process waits for the forker's answer
+
+
+FORKER_TITLE = "coc-mail: forker"
+
+
+def title(index: int, web: bool) -> str:
+    """What ``ps`` shows for worker ``index`` (bench/procs.py reads it)."""
+    job = "web view" if web else "processing" if index == 0 else "delivery"
+    return f"coc-mail: worker {index} ({job})"
+
+
+def subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class Forked:
+    """A worker the forker forked: the main process's child (it is its subreaper), waited for
+    with ``os.waitpid``; the part of :class:`subprocess.Popen` that :class:`Pool` uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours after all: it is gone, its status unknown
+                self.returncode = 255
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # a zombie not yet waited for still takes signals harmlessly
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 def poke(fds: list[int], what: bytes) -> None:
     """Write a wake-up byte to each pipe; a full pipe already has a wake-up waiting."""
     for fd in fds:
@@ -86,11 +159,130 @@ class Pool:
         self.wake_r = [r for r, _ in pipes]
         self.wake_w = [w for _, w in pipes]
         self.lifeline_r, self.lifeline_w = os.pipe()  # never written: EOF means we are gone
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * total
+        self.procs: list[subprocess.Popen[bytes] | Forked | None] = [None] * total
         self.stopping = False
         self.restarts = 0
+        self.forker: int | None = None  # the forker's pid while it serves
+        self.ask_w = self.answer_r = -1
 
-    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+    def fork_server(self) -> None:
+        """Fork the forker (see the module's docstring). Call it before any database is opened
+        or thread started, with every module a worker needs imported; on failure the workers
+        are started as programs."""
+        if threading.active_count() > 1 or not subreaper():
+            log.debug("workers are started as programs (no forker)")
+            return
+        import uvloop  # noqa: F401 - imported once here, for every worker
+
+        ask_r, ask_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the forker: it never returns
+            os.close(ask_w)
+            os.close(answer_r)
+            os.close(self.lifeline_w)
+            code = 1
+            try:
+                self._serve_forks(ask_r, answer_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(ask_r)
+        os.close(answer_w)
+        self.forker, self.ask_w, self.answer_r = pid, ask_w, answer_r
+
+    def _serve_forks(self, ask_r: int, answer_w: int) -> None:
+        """The forker's loop: fork the worker asked for until the main process is gone."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)  # the main process stops us by going away
+        setproctitle.setproctitle(FORKER_TITLE)
+        while True:
+            ready, _, _ = select.select([ask_r, self.lifeline_r], [], [])
+            if self.lifeline_r in ready or not (asked := os.read(ask_r, 1)):
+                return
+            index = asked[0]
+            middle = os.fork()
+            if middle == 0:
+                worker = os.fork()
+                if worker == 0:
+                    os.close(ask_r)
+                    os.close(answer_w)
+                    os._exit(self._forked_worker(index))
+                os.write(answer_w, f"{worker}\n".encode())
+                os._exit(0)
+            os.waitpid(middle, 0)  # its worker is the main process's child from now on
+
+    def _forked_worker(self, index: int) -> int:
+        """Worker ``index`` in its forked process: as ``coc-mail worker`` would run it."""
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        web = index == self.count and self.web_fd is not None
+        setproctitle.setproctitle(title(index, web))  # a program's shows its arguments
+        if not web and self.web_fd is not None:
+            os.close(self.web_fd)  # only the web view's process holds the listening socket
+        for i, fd in enumerate(self.wake_r):
+            if i != index:
+                os.close(fd)
+        code = 1
+        try:
+            try:
+                run_worker(config_mod.load(self.config_path), self.config_path, index,
+                           self.wake_r[index], self.lifeline_r, self.wake_w[:self.count],
+                           self.web_fd if web else None)
+                code = 0
+            except CocMailError as exc:
+                print(f"coc-mail: {exc}", file=sys.stderr)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 - shown as the program would show it
+                import traceback
+
+                traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+        return code
+
+    def _fork(self, index: int) -> Forked | None:
+        """Worker ``index`` from the forker, or None if it does not answer."""
+        if self.forker is None:
+            return None
+        try:
+            os.write(self.ask_w, bytes([index]))
+            ready, _, _ = select.select([self.answer_r], [], [], FORK_TIMEOUT)
+            line = b""
+            while ready and not line.endswith(b"\n"):
+                part = os.read(self.answer_r, 32)
+                if not part:
+                    break
+                line += part
+            return Forked(int(line))
+        except (OSError, ValueError):
+            log.error("the forker did not answer; workers are started as programs from now on")
+            self._end_forker(wait=0.0)
+            return None
+
+    def _end_forker(self, wait: float = 5.0) -> None:
+        """Close the forker's pipes (it exits on seeing them closed), wait ``wait`` seconds for
+        it, then kill it."""
+        if self.forker is None:
+            return
+        pid, self.forker = self.forker, None
+        for fd in (self.ask_w, self.answer_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            Forked(pid).wait(wait)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        Forked(pid).wait()
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes] | Forked:
+        if (forked := self._fork(index)) is not None:
+            return forked
         config = ["--config", self.config_path] if self.config_path else []
         args = [
             sys.executable, "-m", "coc_mail", *config, "worker", str(index),
@@ -162,6 +354,7 @@ class Pool:
                 proc.kill()
                 proc.wait()
         os.close(self.lifeline_w)
+        self._end_forker()
 
 
 class Worker:

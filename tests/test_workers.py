@@ -17,10 +17,28 @@ from tests.helpers import ALIAS, Daemon, make_report, wait_for, wire
 
 
 def workers_of(d: Daemon) -> list[int]:
+    """The worker processes: the main process's children that say they are (the forker is
+    a child too)."""
     assert d.proc is not None
     pid = d.proc.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children]
+    return [int(c) for c in children if b"worker" in cmdline(int(c))]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def forker_of(d: Daemon) -> int:
+    assert d.proc is not None
+    pid = d.proc.pid
+    found = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+             if cmdline(int(c)).startswith(b"coc-mail: forker")]
+    assert len(found) == 1, "one forker beside the workers"
+    return found[0]
 
 
 def alive(pid: int) -> bool:
@@ -65,13 +83,36 @@ def test_a_worker_that_dies_is_restarted_and_mail_keeps_flowing(sqlite_daemon: D
     d.wait_delivered(4)
 
 
+def test_workers_are_forked_and_started_as_programs_once_the_forker_is_gone(
+    sqlite_daemon: Daemon,
+) -> None:
+    d = sqlite_daemon
+    first = started(d)
+    assert [cmdline(p).rstrip(b"\0") for p in first] == [b"coc-mail: worker 0 (processing)",
+                                                          b"coc-mail: worker 1 (delivery)"]
+    forker = forker_of(d)
+    os.kill(forker, signal.SIGKILL)
+    os.kill(first[1], signal.SIGKILL)  # the delivery worker
+    wait_for(lambda: "workers are started as programs from now on" in d.log_text(), 10,
+             "the forker's absence noticed")
+    again = started(d)
+    assert again[0] == first[0] and again[1] != first[1]
+    assert b"\0worker\x001\x00--wake-fd" in cmdline(again[1]), "started as a program"
+    assert not alive(forker)
+    d.send(make_report())
+    d.wait_delivered(4)
+    d.stop()
+    assert not any(alive(p) for p in again)
+    assert "Traceback" not in d.log_text()
+
+
 def test_workers_go_with_a_killed_main_process_and_the_next_start_works(
     sqlite_daemon: Daemon,
 ) -> None:
     d = sqlite_daemon
-    pids = started(d)
+    pids = [*started(d), forker_of(d)]
     d.kill()
-    wait_for(lambda: not any(alive(p) for p in pids), 10, "orphaned workers to exit")
+    wait_for(lambda: not any(alive(p) for p in pids), 10, "orphaned workers and forker to exit")
     d.start()  # takes the SQLite lock the workers held
     d.send(make_report())
     d.wait_delivered(4)
