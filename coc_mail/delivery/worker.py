@@ -127,6 +127,8 @@ class Deliverer:
         self._delivered_event = asyncio.Event()
         self._big = asyncio.Semaphore(1)  # big copies one at a time: bounded memory
         self._unbegun: list[int] = []  # claimed, left when stopping: their leases handed back
+        self._begun: set[int] = set()  # copies that had a sending slot (begun, or being sent)
+        self._halt = asyncio.Event()  # set by stop(): ends a wait for a copy to finish
 
     # -- queue operations (sync, run in a thread) ---------------------------------------------
     def claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[Claimed]:
@@ -383,6 +385,7 @@ class Deliverer:
                     self.in_flight.discard(copy.id)
                     self._unbegun.append(copy.id)
                     return
+                self._begun.add(copy.id)
                 ok = await self.deliver(copy)
         except Exception as exc:  # noqa: BLE001 - the worker must never die
             log.error("delivery: copy %s: unexpected %s at %s", copy.uid, type(exc).__name__,
@@ -391,6 +394,8 @@ class Deliverer:
             await self._record(self.failed, copy, DeliveryError(
                 f"unexpected {type(exc).__name__} at {where(exc)}", permanent=False))
             ok = False
+        finally:
+            self._begun.discard(copy.id)
         if ok:
             self._sent.append(copy)
             self._delivered_event.set()
@@ -401,6 +406,7 @@ class Deliverer:
         """Claim and begin nothing more; :meth:`run` returns once the copies being sent are
         done (the others stay queued: the next start sends them)."""
         self.stopping = True
+        self._halt.set()
         self.wake.set()
 
     async def run(self, poll: float = 2.0) -> None:
@@ -410,12 +416,13 @@ class Deliverer:
         slots = asyncio.Semaphore(workers)
         renewer = asyncio.create_task(self.renew_leases(), name="lease-renewal")
         recorder = asyncio.create_task(self._recorder(), name="delivery-records")
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: dict[asyncio.Task[None], Claimed] = {}
+        halted = asyncio.ensure_future(self._halt.wait())
         try:
             while not self.stopping:
                 room = workers * 4 - len(tasks)
                 if room < workers * 2:  # claim in batches: a query per copy cost more
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait([*tasks, halted], return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
                     batch = await asyncio.to_thread(self.claim, room, frozenset(self.in_flight))
@@ -426,10 +433,11 @@ class Deliverer:
                     self.in_flight.update(c.id for c in batch)  # leases renewed from now on
                     for c in batch:
                         task = asyncio.create_task(self._one(c, slots))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        tasks[task] = c
+                        task.add_done_callback(lambda t: tasks.pop(t, None))
                     continue
                 await self._idle(poll)
+            await self._hand_back_waiting(tasks)
             if tasks:
                 await asyncio.wait(tasks)
             await self._flush_sent()
@@ -438,7 +446,25 @@ class Deliverer:
         finally:
             renewer.cancel()
             recorder.cancel()
+            halted.cancel()
             self.transport.close()
+
+    async def _hand_back_waiting(self, tasks: dict[asyncio.Task[None], Claimed]) -> None:
+        """Stopping: the copies still waiting for a sending slot are not begun; their leases
+        are handed back now, not after the copies being sent are done (a slow relay can hold
+        those past the stop's 30 seconds, and these would wait for their leases to run out)."""
+        waiting = [(t, c) for t, c in tasks.items() if c.id not in self._begun and not t.done()]
+        for task, _ in waiting:
+            task.cancel()
+        if waiting:
+            await asyncio.wait([t for t, _ in waiting])
+        for _, copy in waiting:
+            self.release(copy)
+            self.in_flight.discard(copy.id)
+            self._unbegun.append(copy.id)
+        if self._unbegun:
+            await self._record(self.hand_back, self._unbegun)
+            self._unbegun = []
 
     async def _idle(self, poll: float) -> None:
         """Nothing due: wait for a wake-up, the next due copy, or ``poll`` seconds."""

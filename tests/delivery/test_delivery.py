@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections import Counter
@@ -272,11 +273,50 @@ def test_pooled_connections_the_relay_closed_are_replaced(
 
 
 class _SlowRelay(Relay):
-    """A relay that takes a second over each message."""
+    """A relay that takes ``delay`` seconds (one by default) over each message."""
+
+    delay = 1.0
+    busy = 0  # messages it is taking right now
 
     async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-        await asyncio.sleep(1.0)
+        self.busy += 1
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.busy -= 1
         return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.postgres
+def test_the_leases_are_handed_back_before_the_copies_in_flight_are_done(
+        tmp_path: Path, pg_url: str) -> None:
+    """A relay slower than the stop: the copies waiting for a sending slot are handed back as
+    the stop begins, not once the copies being sent are done (which can be after the stop's
+    30 seconds, when nothing would be handed back)."""
+    slow = _SlowRelay(free_port())
+    slow.delay = 8.0
+    slow.start()
+    d = Daemon(tmp_path, pg_url, relay=slow.url, extra={"delivery": {"workers": 1}})
+    d.start()
+    engine = sa.create_engine(pg_url)
+    try:
+        for i in range(3):
+            d.send(make_report(subject=f"report {i}"))
+        wait_for(lambda: slow.busy >= 1, 30, "a copy at the relay")
+        time.sleep(0.5)  # every delivery worker has claimed its share
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(2)
+        with engine.connect() as c:
+            left, leased = c.execute(sa.text(
+                "SELECT count(*), count(claimed_until) FROM outbound")).one()
+        busy = slow.busy
+        assert busy >= 1, "the relay finished before the check: make it slower"
+        assert left > busy and leased <= busy, (left, leased, busy)
+    finally:
+        d.stop()
+        slow.stop()
+        engine.dispose()
 
 
 @pytest.mark.postgres
