@@ -16,8 +16,11 @@ process forks a *forker* that holds every module a worker needs, already importe
 worker N, the forker forks, the child forks worker N and exits at once, and worker N, an
 orphan, becomes the main process's own child (the main process is a "child subreaper",
 Linux's ``PR_SET_CHILD_SUBREAPER``): it waits for it and reads its exit status as if it had
-started it itself. A worker then starts without importing anything (about a second of CPU
-each on a small machine) and shares the main process's pages of code. Where that cannot be
+started it itself. The forker tells the main process the worker's pid only once the child
+in between has exited, so the main process never looks for a child it does not have yet. A
+forked worker closes every file descriptor a program would not have been given. A worker
+then starts without importing anything (about a second of CPU each on a small machine) and
+shares the main process's pages of code. Where that cannot be
 (not Linux, a thread already running, the forker gone), a worker is started as a new
 program, ``coc-mail worker N``, as before.
 
@@ -77,7 +80,10 @@ WEB_NICE = 14
 
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2): orphaned descendants become our children
-FORK_TIMEOUT = 10.0  # seconds the main process waits for the forker's answer
+# Seconds the main process waits for the forker's answer. It waits on its event loop (a
+# fork takes milliseconds), so a forker that is stopped or starved holds the intake this long,
+# once: then workers are started as programs.
+FORK_TIMEOUT = 2.0
 
 
 FORKER_TITLE = "coc-mail: forker"
@@ -112,8 +118,11 @@ class Forked:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # not ours after all: it is gone, its status unknown
-                self.returncode = 255
+            except ChildProcessError:  # not our child (the forker answers once it is)
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:  # gone, reaped by another: its status unknown
+                    self.returncode = 255
                 return self.returncode
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -133,6 +142,26 @@ class Forked:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every file descriptor from 3 on that is not in ``keep``."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096)
+
+
+def _log_fds() -> set[int]:
+    """The file descriptors of the logging handlers' streams (the daemon's log file)."""
+    fds: set[int] = set()
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            stream = getattr(handler, "stream", None)
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                fds.add(stream.fileno())  # type: ignore[union-attr]
+    return fds
 
 
 def poke(fds: list[int], what: bytes) -> None:
@@ -196,21 +225,31 @@ class Pool:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)  # the main process stops us by going away
         setproctitle.setproctitle(FORKER_TITLE)
+        _close_all_but({0, 1, 2, ask_r, answer_w, self.lifeline_r, *self.wake_r, *self.wake_w,
+                        *self.keep_fds, *_log_fds(),
+                        *([] if self.web_fd is None else [self.web_fd])})
         while True:
             ready, _, _ = select.select([ask_r, self.lifeline_r], [], [])
             if self.lifeline_r in ready or not (asked := os.read(ask_r, 1)):
                 return
             index = asked[0]
+            pid_r, pid_w = os.pipe()
             middle = os.fork()
             if middle == 0:
                 worker = os.fork()
                 if worker == 0:
-                    os.close(ask_r)
-                    os.close(answer_w)
+                    os.close(pid_w)  # (the forker reads the pid to its end)
                     os._exit(self._forked_worker(index))
-                os.write(answer_w, f"{worker}\n".encode())
+                os.write(pid_w, f"{worker}\n".encode())
                 os._exit(0)
-            os.waitpid(middle, 0)  # its worker is the main process's child from now on
+            os.close(pid_w)
+            with os.fdopen(pid_r, "rb") as answer:
+                worker_pid = answer.read()
+            os.waitpid(middle, 0)
+            # Answered only now that the middle is gone: the worker is the main process's
+            # child from here on, and waitpid() there cannot miss it (ECHILD read as "exited"
+            # had started a second worker N beside the first).
+            os.write(answer_w, worker_pid or b"-\n")
 
     def _forked_worker(self, index: int) -> int:
         """Worker ``index`` in its forked process: as ``coc-mail worker`` would run it."""
@@ -218,11 +257,14 @@ class Pool:
             signal.signal(sig, signal.SIG_DFL)
         web = index == self.count and self.web_fd is not None
         setproctitle.setproctitle(title(index, web))  # a program's shows its arguments
-        if not web and self.web_fd is not None:
-            os.close(self.web_fd)  # only the web view's process holds the listening socket
-        for i, fd in enumerate(self.wake_r):
-            if i != index:
-                os.close(fd)
+        # Only what a worker started as a program is given (Popen's pass_fds), and the log's
+        # streams: not the forker's pipes, the other workers' wake-up pipes, the web view's
+        # socket (but in its process) or whatever the daemon's invoker left open.
+        keep = {0, 1, 2, self.wake_r[index], self.lifeline_r, *self.wake_w[:self.count],
+                *self.keep_fds, *_log_fds()}
+        if web and self.web_fd is not None:
+            keep.add(self.web_fd)
+        _close_all_but(keep)
         code = 1
         try:
             try:
@@ -304,6 +346,12 @@ class Pool:
         """Restart a worker that exits while the daemon runs (it crashed or was killed)."""
         while not self.stopping:
             await asyncio.sleep(0.5)
+            if self.forker is not None and Forked(self.forker).poll() is not None:
+                log.error("the forker exited; workers are started as programs from now on")
+                self.forker = None
+                for fd in (self.ask_w, self.answer_r):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             for i, proc in enumerate(self.procs):
                 if proc is None or proc.poll() is None or self.stopping:
                     continue

@@ -158,6 +158,7 @@ class Daemon:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    pass_fds: tuple[int, ...] = ()  # descriptors the daemon inherits, as from a supervisor
     environ: dict[str, str] = field(default_factory=dict)  # COC_MAIL_* secrets for the daemon
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ class Daemon:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "coc_mail", "--config", str(self.config), "serve"],
-                cwd=self.root, stdout=log, stderr=log, env=self.env(),
+                cwd=self.root, stdout=log, stderr=log, env=self.env(), pass_fds=self.pass_fds,
             )
         self.starts += 1
 

@@ -3,6 +3,7 @@ own SQLite file never applies a message twice."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -98,12 +99,42 @@ def test_workers_are_forked_and_started_as_programs_once_the_forker_is_gone(
     again = started(d)
     assert again[0] == first[0] and again[1] != first[1]
     assert b"\0worker\x001\x00--wake-fd" in cmdline(again[1]), "started as a program"
-    assert not alive(forker)
+    wait_for(lambda: not Path(f"/proc/{forker}").exists(), 5, "the dead forker reaped")
     d.send(make_report())
     d.wait_delivered(4)
     d.stop()
     assert not any(alive(p) for p in again)
     assert "Traceback" not in d.log_text()
+
+
+def fd_targets(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(fd))
+    return found
+
+
+def test_forked_processes_hold_nothing_the_invoker_left_open(sqlite_daemon: Daemon) -> None:
+    """A descriptor the daemon inherits (a supervisor's pipe) stays in the main process: the
+    forker and the workers forked from it close it, as a worker started as a program never
+    had it."""
+    d = sqlite_daemon
+    d.stop()
+    r, w = os.pipe()
+    try:
+        d.pass_fds = (r,)
+        d.start()
+        workers = started(d)
+        pipe = os.readlink(f"/proc/self/fd/{r}")
+        assert d.proc is not None and pipe in fd_targets(d.proc.pid)
+        for pid in [forker_of(d), *workers]:
+            assert pipe not in fd_targets(pid), cmdline(pid)
+        d.send(make_report())
+        d.wait_delivered(4)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_workers_go_with_a_killed_main_process_and_the_next_start_works(
