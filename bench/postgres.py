@@ -167,7 +167,9 @@ NOTES = """
   killed (tests/store/test_scaleout.py).
 * **On one machine they cannot add capacity**: the two daemons (a processor, two delivery
   workers and a web view each) and the PostgreSQL server share the same 2 cores. Intake
-  rises a little (two listeners take the connections), delivery falls a little: the ratio
+  moves either way (1.11 x one day, 0.95 x, range 0.79-1.25, on 2026-12-03: two listeners
+  take the connections, but the intake already had the cores' spare time), delivery falls
+  a little (0.91-0.92 x): the ratio
   is what sharing costs (more processes on the cores, claims that skip each other's locked
   rows, one server's commits for both), not what a second machine would add. On two
   machines each daemon has its own cores and the database is the shared part.
