@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import setproctitle
 
@@ -142,6 +143,15 @@ class Forked:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def _children() -> list[int]:
+    """This process's children (Linux: every thread's ``children`` file in /proc)."""
+    found: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -304,7 +314,26 @@ class Pool:
         except (OSError, ValueError):
             log.error("the forker did not answer; workers are started as programs from now on")
             self._end_forker(wait=0.0)
+            self._end_strays()
             return None
+
+    def _end_strays(self) -> None:
+        """After the forker failed: kill and reap the children this process does not track. A
+        worker the forker forked but did not answer for in time (or the child between, which
+        may still fork it) would otherwise run beside the one started as a program in its
+        place: two worker N, perhaps two processors on one database."""
+        tracked = {p.pid for p in self.procs if p is not None}
+        for _ in range(10):  # the child between dies, then its worker becomes ours: again
+            strays = [pid for pid in _children() if pid not in tracked]
+            if not strays:
+                return
+            log.warning("ending %d process(es) the forker left", len(strays))
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in strays:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
 
     def _end_forker(self, wait: float = 5.0) -> None:
         """Close the forker's pipes (it exits on seeing them closed), wait ``wait`` seconds for
