@@ -201,7 +201,7 @@ class Pool:
         self.procs: list[subprocess.Popen[bytes] | Forked | None] = [None] * total
         self.stopping = False
         self.restarts = 0
-        self.forker: int | None = None  # the forker's pid while it serves
+        self.forker: Forked | None = None  # the forker, while it serves
         self.ask_w = self.answer_r = -1
 
     def fork_server(self) -> None:
@@ -228,7 +228,7 @@ class Pool:
                 os._exit(code)
         os.close(ask_r)
         os.close(answer_w)
-        self.forker, self.ask_w, self.answer_r = pid, ask_w, answer_r
+        self.forker, self.ask_w, self.answer_r = Forked(pid), ask_w, answer_r
 
     def _serve_forks(self, ask_r: int, answer_w: int) -> None:
         """The forker's loop: fork the worker asked for until the main process is gone."""
@@ -340,16 +340,15 @@ class Pool:
         it, then kill it."""
         if self.forker is None:
             return
-        pid, self.forker = self.forker, None
+        forker, self.forker = self.forker, None
         for fd in (self.ask_w, self.answer_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            Forked(pid).wait(wait)
+            forker.wait(wait)
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        Forked(pid).wait()
+        forker.kill()
+        forker.wait()
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes] | Forked:
         if (forked := self._fork(index)) is not None:
@@ -375,12 +374,9 @@ class Pool:
         """Restart a worker that exits while the daemon runs (it crashed or was killed)."""
         while not self.stopping:
             await asyncio.sleep(0.5)
-            if self.forker is not None and Forked(self.forker).poll() is not None:
+            if self.forker is not None and self.forker.poll() is not None:
                 log.error("the forker exited; workers are started as programs from now on")
-                self.forker = None
-                for fd in (self.ask_w, self.answer_r):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                self._end_forker(wait=0.0)  # (reaped already: only its pipes are closed)
             for i, proc in enumerate(self.procs):
                 if proc is None or proc.poll() is None or self.stopping:
                     continue
